@@ -1,0 +1,1 @@
+"""Model components: one model a file."""

@@ -1,0 +1,36 @@
+"""``swap-decoder``: asymmetric decoder distillation (Neodragon §3.2, Table 3).
+
+The VAE encoder (and so the denoiser's latent space) stays frozen; the decoder is replaced by a device-friendly
+TAEHV-style decoder finetuned end to end with ``w_mse * MSE + w_lpips * LPIPS``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+
+from neoc.config import in_range
+from neoc.pass_api import Pass
+from neoc.registry import register_pass
+
+
+@attrs.frozen
+class SwapDecoderConfig:
+    family: Literal["taehv", "wan"] = "taehv"
+    steps: int = attrs.field(default=3000, validator=in_range(1))
+    batch_size: int = attrs.field(default=2, validator=in_range(1))
+    lr: float = attrs.field(default=3e-4, validator=in_range(0.0))
+    patch_frames: int = attrs.field(default=33, validator=in_range(1))
+    patch_size: int = attrs.field(default=256, validator=in_range(8))
+    w_mse: float = attrs.field(default=10.0, validator=in_range(0.0))
+    w_lpips: float = attrs.field(default=1.0, validator=in_range(0.0))
+
+
+@register_pass
+class SwapDecoder(Pass):
+    name = "swap-decoder"
+    summary = "Replace the VAE decoder by a TAEHV-style decoder distilled through the frozen encoder"
+    paper = "Neodragon §3.2"
+    Config = SwapDecoderConfig
+    implemented = False

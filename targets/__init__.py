@@ -1,0 +1,3 @@
+"""Built-in targets. Importing this package registers them."""
+
+from neoc.targets import hexagon, onnx  # noqa: F401

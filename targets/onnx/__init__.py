@@ -1,0 +1,3 @@
+"""``onnx`` target: export each deployable graph to ONNX."""
+
+from neoc.targets.onnx.target import OnnxTarget  # noqa: F401
