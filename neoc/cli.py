@@ -63,11 +63,27 @@ def run(recipe: str = typer.Argument(..., help="Recipe YAML file"),
         set_: List[str] = typer.Option([], "--set", help="Override a recipe value: a.b=v (repeatable)"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars")):
     """Run a recipe's passes in order, then its target; write report.json/md/html and pipeline/."""
-    from neoc.runner import run_recipe
+    from neoc.recipe import check_implemented, load_recipe
 
     _quiet(quiet)
+    # Bad input fails here, before anything is written; recipe errors in well under a second (no torch import).
+    parsed = load_recipe(recipe, model=model, overrides=tuple(set_))
+    check_implemented(parsed)
+    _check_model_source(parsed.model, parsed.where("model"))
+    from neoc.runner import run_recipe
+
     out_dir = run_recipe(recipe, model=model, out=out, resume=resume, sets=tuple(set_), quiet=quiet)
     typer.echo(f"run complete: {out_dir}/report.md")
+
+
+def _check_model_source(source: str, where: str) -> None:
+    """Refuse an unknown model source, naming where it was given (``--model``, ``recipe.yaml:1``)."""
+    from neoc import sources
+
+    try:
+        sources.classify(source)
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None
 
 
 @app.command()
@@ -115,7 +131,8 @@ def explain(recipe: str = typer.Argument(..., help="Recipe YAML file"),
         typer.echo(f"  {i:>2}. {entry.name}  [{cls.paper}]  config {entry.config_hash}"
                    + (f"  ({', '.join(flags)})" if flags else ""))
         for k, v in config_to_dict(entry.config).items():
-            typer.echo(f"        {k}: {v}")
+            origin = r.param_origin(i - 1, k)
+            typer.echo(f"        {k}: {v}" + (f"    <- {origin}" if origin else ""))
         rules = []
         if cls.requires:
             rules.append("requires " + ", ".join(cls.requires))
@@ -145,6 +162,7 @@ def analyze(model: str = typer.Option(..., "--model", help="Model source"),
     """Cost model on the meta device: params, FLOPs per video, NFE — before and after a recipe."""
     from neoc.analysis import analyze_source
 
+    _check_model_source(model, "--model")
     result = analyze_source(model, recipe=recipe, frames=frames, height=height, width=width, sets=tuple(set_))
     if as_json:
         typer.echo(json.dumps(result, indent=2))
@@ -165,6 +183,7 @@ def eval_(model: str = typer.Option("builtin:pyramid-tiny", "--model"),
     """Toy-world quality score (VBench-shaped): total, quality, semantic, dimensions."""
     from neoc.eval.pipeline_quality import evaluate_source
 
+    _check_model_source(model, "--model")
     result = evaluate_source(model, random_init=random_init, prompts=prompts, num=num, seed=seed)
     typer.echo(json.dumps(result, indent=2) if as_json else
                f"total {result['total']:.4f}  quality {result['quality']:.4f}  semantic {result['semantic']:.4f}")
@@ -182,6 +201,7 @@ def generate(model: str = typer.Option("builtin:pyramid-tiny", "--model"),
 
     if not out.endswith(".mp4"):
         raise InputError(f"--out {out}: expected a .mp4 path")
+    _check_model_source(model, "--model")
     pipe = sources.load_source(model)
     video = pipe.generate(prompt, seed=seed)
     Path(out).parent.mkdir(parents=True, exist_ok=True)

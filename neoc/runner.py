@@ -20,26 +20,15 @@ import traceback
 from pathlib import Path
 
 from neoc import registry, sources
-from neoc.errors import InputError, PassNotImplemented
+from neoc.errors import InputError
 from neoc.eval.cost import analyze_pipeline
 from neoc.ir.runfolder import save_pipeline
 from neoc.manager import PassManager
 from neoc.pass_api import EvalData, PassContext
-from neoc.recipe import Recipe, load_recipe
+from neoc.recipe import Recipe, check_implemented, load_recipe
 from neoc.report.writer import empty_report, write_reports
 
 log = logging.getLogger("neoc")
-
-
-def check_runnable(recipe: Recipe) -> None:
-    """Refuse unimplemented passes/targets before anything runs (exit 2, never a silent success)."""
-    for entry in recipe.passes:
-        cls = registry.get_pass(entry.name)
-        if not cls.implemented:
-            where = f"{recipe.path}:{entry.line}" if entry.line else recipe.path
-            raise PassNotImplemented(f"{where}: pass '{entry.name}' is not implemented yet")
-    if recipe.target is not None and not registry.get_target(recipe.target.name).implemented:
-        raise PassNotImplemented(f"{recipe.path}: target '{recipe.target.name}' is not implemented yet")
 
 
 def default_out(recipe_path: str) -> Path:
@@ -64,7 +53,7 @@ def run_recipe(recipe_path: str, model: str | None = None, out: str | None = Non
                sets: tuple[str, ...] = (), quiet: bool = False) -> Path:
     recipe = load_recipe(recipe_path, model=model, overrides=sets)
     sources.classify(recipe.model)
-    check_runnable(recipe)
+    check_implemented(recipe)
     out_dir = Path(out) if out else default_out(recipe_path)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir}: exists and is not a folder")

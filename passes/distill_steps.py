@@ -22,6 +22,15 @@ class DistillStepsConfig:
     teacher_loss_weight: float = attrs.field(default=0.5, validator=in_range(0.0))
 
 
+def student_schedule(schedule, name: str):
+    """The student's schedule: ``name`` steps per stage for every latent frame, CFG distilled in (no CFG)."""
+    import attrs as _attrs
+
+    steps = tuple(int(x) for x in name.split("-"))
+    return _attrs.evolve(schedule, first_frame_steps=steps, video_steps=steps, guidance_scale=1.0,
+                         video_guidance_scale=1.0, label=f"student {name}")
+
+
 @register_pass
 class DistillSteps(Pass):
     name = "distill-steps"
@@ -30,3 +39,6 @@ class DistillSteps(Pass):
     Config = DistillStepsConfig
     implemented = False
     runs_after = ("replace-text-encoder", "swap-decoder", "prune-blocks")
+
+    def analyze(self, pipeline) -> None:
+        pipeline.with_schedule(student_schedule(pipeline.schedule, self.config.schedule))

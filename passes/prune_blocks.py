@@ -29,6 +29,26 @@ class PruneBlocksConfig:
     mapping: Literal["simple", "next-block"] = "next-block"
 
 
+def remove_blocks(denoiser, removed: list[int]) -> None:
+    """Drop MMDiT blocks in place. The last block (``context_pre_only``) is never removed: its text stream
+    output is discarded, so it has no text score and the model needs it to stay the final block."""
+    from torch import nn
+
+    last = len(denoiser.transformer_blocks) - 1
+    if last in removed:
+        raise ValueError(f"block {last} is the context_pre_only final block and cannot be removed")
+    keep = [b for i, b in enumerate(denoiser.transformer_blocks) if i not in set(removed)]
+    denoiser.transformer_blocks = nn.ModuleList(keep)
+    denoiser.config["num_layers"] = len(keep)
+
+
+def analysis_blocks(num_layers: int, keep: int) -> list[int]:
+    """Blocks removed by ``neoc analyze`` (no importance scores without running): the ones just before the
+    final block. Every non-final block has the same size, so counts do not depend on this choice."""
+    drop = num_layers - keep
+    return list(range(num_layers - 1 - drop, num_layers - 1))
+
+
 @register_pass
 class PruneBlocks(Pass):
     name = "prune-blocks"
@@ -36,3 +56,13 @@ class PruneBlocks(Pass):
     paper = "Neodragon §3.3"
     Config = PruneBlocksConfig
     implemented = False
+
+    def analyze(self, pipeline) -> None:
+        from neoc.errors import InputError
+
+        denoiser = pipeline.component("denoiser")
+        n = len(denoiser.transformer_blocks)
+        if not 1 <= self.config.keep <= n:
+            raise InputError(f"prune-blocks: keep={self.config.keep} but the denoiser has {n} blocks")
+        remove_blocks(denoiser, analysis_blocks(n, self.config.keep))
+        pipeline.replace_component("denoiser", denoiser)

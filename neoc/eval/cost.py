@@ -114,7 +114,8 @@ def analyze_pipeline(pipe: Pipeline) -> dict[str, Any]:
         L = spec.t5_max_length
         ids = torch.zeros((2, L), dtype=torch.long, device="meta")
         t5 = pipe.component("text_encoder")
-        comps["text_encoder"]["flops_per_video"] = _flops(lambda: t5(ids, torch.ones_like(ids)))
+        # mask None: FLOPs do not depend on it, and HF's mask helpers read mask values (impossible on meta)
+        comps["text_encoder"]["flops_per_video"] = _flops(lambda: t5(ids, None))
         width = _text_width(pipe)
         hidden = _meta((2, L, width))
         if pipe.has("context_embedder"):
@@ -140,6 +141,29 @@ def analyze_pipeline(pipe: Pipeline) -> dict[str, Any]:
             up = pipe.component("upsampler")
             video = _meta((1, 3, spec.frames, spec.height, spec.width))
             comps["upsampler"]["flops_per_video"] = _flops(lambda: up(video))
-    total = sum(c["flops_per_video"] or 0.0 for c in comps.values())
+    total = sum(c["flops_per_video"] or 0.0 for c in comps.values() if not c.get("included_in"))
+    _released_accounting(pipe, comps)
     return {"components": comps, "nfe": pipe.nfe(), "flops_per_frame": total / spec.frames,
-            "flops_per_video": total, "denoiser_flops_per_frame": dflops / spec.frames}
+            "flops_per_video": total, "denoiser_flops_per_frame": dflops / spec.frames,
+            # the Neodragon slides' "FLOPS/frame" convention: denoiser multiply-accumulates per latent frame
+            "denoiser_macs_per_latent_frame": dflops / 2 / spec.latent_frames}
+
+
+def _released_accounting(pipe: Pipeline, comps: dict) -> None:
+    """Count components the way the released checkpoints are laid out.
+
+    * ``denoiser`` includes the ``context_embedder`` (it is a key of the DiT checkpoint: 2,028,334,144 for the
+      SD3 variant); the context embedder is also listed on its own, marked ``included_in``.
+    * ``vae_decoder`` excludes ``post_quant_conv`` (272 params at real scale, listed separately), matching
+      the decoder's own count (225,768,707).
+    """
+    if pipe.has("context_embedder"):
+        ce = comps["context_embedder"]
+        comps["denoiser"]["params"] += ce["params"]
+        comps["denoiser"]["flops_per_video"] += ce["flops_per_video"] or 0.0
+        ce["included_in"] = "denoiser"
+    post = getattr(pipe.component("vae_decoder"), "post_quant_conv", None)
+    if post is not None:
+        n = count_params(post)
+        comps["vae_decoder"]["params"] -= n
+        comps["vae_decoder"]["post_quant_conv_params"] = n
