@@ -22,8 +22,10 @@ class ToyTextEncoder(nn.Module):
         self.embed = nn.Embedding(vocab, width)
         self.mix = nn.Linear(width, width)
 
-    def forward(self, input_ids, attention_mask):
+    def forward(self, input_ids, attention_mask=None):
         h = self.embed(input_ids)
+        if attention_mask is None:  # like HF encoders: no mask means every token is valid
+            attention_mask = torch.ones_like(input_ids)
         return h + torch.tanh(self.mix(h)) * attention_mask[..., None].to(h.dtype)
 
 
