@@ -36,7 +36,8 @@ from neoc.config import build_config, config_hash, config_to_dict, suggest
 from neoc.errors import InputError, PassNotImplemented
 
 TOP_LEVEL_KEYS = ("model", "seed", "profile", "eval", "passes", "target", "profiles")
-EVAL_KEYS = ("prompts", "videos")
+EVAL_KEYS = ("prompts", "videos", "num_videos")
+DEFAULT_EVAL_VIDEOS = 4  # toy-world quality: videos generated per measurement (before/after each pass)
 DEFAULT_MODEL = "builtin:pyramid-tiny"
 
 
@@ -173,6 +174,7 @@ class Recipe:
     passes: tuple[PassEntry, ...]
     target: TargetEntry | None
     raw: dict = attrs.field(eq=False, repr=False)
+    eval_num_videos: int = DEFAULT_EVAL_VIDEOS
 
     def where(self, key: str) -> str:
         """Where a top-level value came from: ``recipe.yaml:3``, ``--model``, ``--set seed`` or the file name."""
@@ -187,7 +189,8 @@ class Recipe:
     def to_dict(self) -> dict:
         return {"recipe": self.path, "model": self.model, "seed": self.seed, "profile": self.profile,
                 "eval": {"prompts": str(self.eval_prompts) if self.eval_prompts else None,
-                         "videos": str(self.eval_videos) if self.eval_videos else None},
+                         "videos": str(self.eval_videos) if self.eval_videos else None,
+                         "num_videos": self.eval_num_videos},
                 "passes": [{"name": p.name, **config_to_dict(p.config)} for p in self.passes],
                 "target": None if self.target is None else {"name": self.target.name,
                                                              **config_to_dict(self.target.config)}}
@@ -407,6 +410,10 @@ def load_recipe(path: str | Path, model: str | None = None, overrides: list[str]
         if key not in EVAL_KEYS:
             raise InputError(f"{_loc(filename, eval_section, key)}: unknown key 'eval.{key}'"
                              f"{suggest(key, EVAL_KEYS)} (allowed: {', '.join(EVAL_KEYS)})")
+    num_videos = eval_section.get("num_videos", DEFAULT_EVAL_VIDEOS)
+    if isinstance(num_videos, bool) or not isinstance(num_videos, int) or not 0 <= num_videos <= 1000:
+        raise InputError(f"{_loc(filename, eval_section, 'num_videos')}: eval.num_videos must be an integer in "
+                         f"[0, 1000] (0 skips quality measurements), got {num_videos!r}")
     paths = {}
     for key, kind in (("prompts", "file"), ("videos", "dir")):
         if eval_section.get(key) is None:
@@ -468,7 +475,8 @@ def load_recipe(path: str | Path, model: str | None = None, overrides: list[str]
         target = TargetEntry(tcls.name, tconfig, data.line_of("target") if isinstance(data, LineDict) else None)
 
     return Recipe(path=filename, model=model_src, seed=seed, profile=profile_name, eval_prompts=paths["prompts"],
-                  eval_videos=paths["videos"], passes=tuple(entries), target=target, raw=data)
+                  eval_videos=paths["videos"], passes=tuple(entries), target=target, raw=data,
+                  eval_num_videos=num_videos)
 
 
 def check_implemented(recipe: Recipe) -> None:

@@ -94,10 +94,14 @@ def _run(recipe: Recipe, out_dir: Path, resume: bool, quiet: bool, report: dict)
         report["lineage"].append(record.lineage())
         (out_dir / "report.partial.json").write_text(json.dumps(report, indent=2, default=str))
 
+    quality_before = measure_quality(baseline, recipe, quiet, report, "before")
     manager = PassManager(recipe.passes, out_dir, seed=recipe.seed, eval_data=eval_data, profile=profile,
                           quiet=quiet, resume=resume, on_record=on_record)
+    if quality_before is not None:
+        manager.extras["quality_baseline"] = quality_before
     pipeline = manager.run(pipeline)
     report["cost"]["after"] = analyze_pipeline(pipeline)
+    measure_quality(pipeline, recipe, quiet, report, "after")
 
     if recipe.target is not None:
         tcls = registry.get_target(recipe.target.name)
@@ -111,3 +115,43 @@ def _run(recipe: Recipe, out_dir: Path, resume: bool, quiet: bool, report: dict)
     write_reports(report, out_dir)
     (out_dir / "report.partial.json").unlink(missing_ok=True)
     _status(out_dir, "complete")
+
+
+def measure_quality(pipeline, recipe: Recipe, quiet: bool, report: dict, phase: str) -> dict | None:
+    """Toy-world quality and generation latency of ``pipeline`` (same prompts and seeds before and after).
+
+    The instrument reads toy-world videos, so it applies to pipelines derived from ``builtin:pyramid-tiny``;
+    for other pipelines the report says why it was skipped instead of printing a meaningless number.
+    """
+    from neoc.errors import NeocError
+    from neoc.eval.pipeline_quality import evaluate_pipeline
+
+    if recipe.eval_num_videos == 0:
+        report["quality"]["note"] = "skipped: eval.num_videos is 0"
+        return None
+    if pipeline.spec.name != "pyramid-tiny":
+        report["quality"]["note"] = (f"skipped: the toy-world instrument scores pipelines derived from "
+                                     f"builtin:pyramid-tiny, not '{pipeline.spec.name}'")
+        return None
+    try:
+        result = evaluate_pipeline(pipeline, num=recipe.eval_num_videos, seed=recipe.seed, quiet=quiet)
+    except NeocError as exc:
+        report["quality"]["note"] = f"skipped: {exc}"
+        return None
+    report["quality"][phase] = {k: v for k, v in result.items() if not k.startswith("_")}
+    latency = report["latency"]
+    latency[f"{phase}_seconds"] = result["seconds_per_video"]
+    latency["device"] = _device_name()
+    if latency.get("before_seconds") and latency.get("after_seconds"):
+        latency["ratio"] = latency["before_seconds"] / latency["after_seconds"]
+    return report["quality"][phase]
+
+
+def _device_name() -> str:
+    import os
+    import platform
+
+    import torch
+
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads " \
+           f"{torch.get_num_threads()})"
