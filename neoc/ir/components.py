@@ -19,7 +19,7 @@ _BUILDERS: dict[str, Builder] = {}
 _CLASS_TO_BUILDER: dict[type, tuple[str, Callable[[nn.Module], dict]]] = {}
 
 # Modules that register builders on import (model files). Extended by plugins through register_builder.
-BUILDER_MODULES = ["neoc.zoo.components", "neoc.testing"]
+BUILDER_MODULES = ["neoc.zoo.components", "neoc.testing", "neoc.deploy.builders"]
 
 
 def register_builder(name: str, cls: type, build: Builder, describe: Callable[[nn.Module], dict]) -> None:

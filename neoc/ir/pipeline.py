@@ -285,6 +285,11 @@ def emit_graph(pipe: Pipeline) -> fx.Graph:
                 clips.append(e.fn(ops.cfg_batch, clip) if use_cfg else clip)
                 hl, wl = spec.latent_size(S - 1 - level, S)
                 clip_shapes.append((end - start, hl, wl))
+            extra_inputs = {}
+            static = getattr(pipe.component("denoiser"), "emit_static_inputs", None)
+            padded = static(e.fn, unit, stage, S, clips, x, 2 if use_cfg else 1) if static is not None else None
+            if padded is not None:  # static-shape pass: history padded to the stage's fixed layout
+                clips, clip_shapes, extra_inputs = padded
             h, w = spec.latent_size(stage, S)
             timesteps = sched.stage_timesteps(stages[stage], steps[stage])
             sigmas = sched.local_sigmas(steps[stage])
@@ -296,6 +301,7 @@ def emit_graph(pipe: Pipeline) -> fx.Graph:
                 t_in = e.fn(ops.timestep, float(timesteps[step]), x_in)
                 out = e.mod("denoiser", sample=[clips + [x_in]], encoder_hidden_states=ctx,
                             encoder_attention_mask=mask, pooled_projections=pool, timestep_ratio=t_in,
+                            **extra_inputs,
                             meta={"unit": unit, "stage": stage, "step": step, "nfe": 2 if use_cfg else 1,
                                   "timestep": float(timesteps[step]), "image_tokens": image_tokens,
                                   "text_tokens": spec.t5_max_length, "signature": signature,

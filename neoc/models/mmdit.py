@@ -231,7 +231,10 @@ class ApplyRoPE6D(nn.Module):
 
 
 def build_joint_attention_mask(
-    text_valid: torch.Tensor, image_time_ids: torch.Tensor, use_temporal_causal: bool = True
+    text_valid: torch.Tensor,
+    image_time_ids: torch.Tensor,
+    use_temporal_causal: bool = True,
+    image_valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Boolean SDPA mask [B, 1, Lt+Li, Lt+Li] for the joint ``[text; image]`` sequence (True = attend).
 
@@ -244,12 +247,19 @@ def build_joint_attention_mask(
     * padded text sees padded text only; nothing attends a padded text token except padded text.
 
     text_valid: [B, Lt] (bool or 0/1); image_time_ids: [Li] or [B, Li].
+    image_valid: optional [Li] or [B, Li] (bool or 0/1), default all valid. Padded image tokens (the
+    ``static-shape`` pass's history padding) follow the padded-text rule: no valid token attends them.
     """
     text_valid = text_valid.bool()
     batch, text_length = text_valid.shape
     if image_time_ids.dim() == 1:
         image_time_ids = image_time_ids[None, :].expand(batch, -1)
-    image_valid = torch.ones(image_time_ids.shape, dtype=torch.bool, device=text_valid.device)
+    if image_valid is None:
+        image_valid = torch.ones(image_time_ids.shape, dtype=torch.bool, device=text_valid.device)
+    else:
+        image_valid = image_valid.bool().to(text_valid.device)
+        if image_valid.dim() == 1:
+            image_valid = image_valid[None, :].expand(batch, -1)
     token_valid = torch.cat([text_valid, image_valid], dim=1)  # [B, L]
     mask = token_valid[:, None, :, None] == token_valid[:, None, None, :]  # [B, 1, L, L]
     if use_temporal_causal:
@@ -657,30 +667,50 @@ class PyramidMMDiT(nn.Module):
         context: torch.Tensor,
         text_mask: torch.Tensor,
         temb: torch.Tensor,
+        image_valid: torch.Tensor | None = None,
+        image_time_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One stage entry: clips oldest->newest, projected context [B, Lt, D], text mask [B, Lt],
-        temb [B, D] -> prediction for the current clip [B, C, T, H, W]."""
+        temb [B, D] -> prediction for the current clip [B, C, T, H, W].
+
+        ``image_valid`` / ``image_time_ids`` ([Li] each, optional) override the all-valid tokens and the
+        oldest-first frame numbering; the ``static-shape`` pass uses them for padded history.
+        """
         current = clips[-1]
         batch, _, frames, height, width = current.shape
+        image = self.pos_embed(clips)  # [B, Li, D]
+        if image_time_ids is None:
+            image_time_ids = clip_time_ids(clips, self.patch_size)  # [Li]
+        rope = self.joint_rope(image_time_ids, context.shape[1], batch)
+        mask = build_joint_attention_mask(text_mask, image_time_ids, self.use_temporal_causal, image_valid)  # [B,1,L,L]
+        mask = attention_bias_from_mask(mask, self.attention_mask_fill_value, image.dtype)
+        return self.forward_tokens(image, context, temb, mask, rope, (frames, height, width))
+
+    def joint_rope(self, image_time_ids: torch.Tensor, text_length: int, batch: int) -> torch.Tensor | None:
+        """The RoPE table of the joint ``[text; image]`` sequence (text at time 0), or None without RoPE."""
+        if self.temporal_rope is None:
+            return None
+        text_time_ids = torch.zeros(text_length, dtype=image_time_ids.dtype, device=image_time_ids.device)
+        joint_time_ids = torch.cat([text_time_ids, image_time_ids])[None, :].expand(batch, -1)
+        return self.temporal_rope(joint_time_ids)  # [B, Lt+Li, 1, Dh/2, 2, 2]
+
+    def forward_tokens(
+        self,
+        image: torch.Tensor,
+        context: torch.Tensor,
+        temb: torch.Tensor,
+        attention_mask: torch.Tensor,
+        rope: torch.Tensor | None,
+        current_shape: tuple[int, int, int],
+    ) -> torch.Tensor:
+        """The transformer on embedded image tokens [B, Li, D] with a given mask and RoPE table (both
+        precomputable per static shape); ``current_shape`` = (T, H, W) of the current latent clip."""
+        frames, height, width = current_shape
         grid_h, grid_w = height // self.patch_size, width // self.patch_size
         current_tokens = frames * grid_h * grid_w
-
-        image = self.pos_embed(clips)  # [B, Li, D]
-        image_time_ids = clip_time_ids(clips, self.patch_size)  # [Li]
-        text_length = context.shape[1]
-
-        rope = None
-        if self.temporal_rope is not None:
-            text_time_ids = torch.zeros(text_length, dtype=image_time_ids.dtype, device=image_time_ids.device)
-            joint_time_ids = torch.cat([text_time_ids, image_time_ids])[None, :].expand(batch, -1)
-            rope = self.temporal_rope(joint_time_ids)  # [B, Lt+Li, 1, Dh/2, 2, 2]
-
-        mask = build_joint_attention_mask(text_mask, image_time_ids, self.use_temporal_causal)  # [B,1,L,L]
-        mask = attention_bias_from_mask(mask, self.attention_mask_fill_value, image.dtype)
-
         text = context
         for block in self.transformer_blocks:
-            text, image = block(image, text, temb, mask, rope)
+            text, image = block(image, text, temb, attention_mask, rope)
 
         image = self.proj_out(self.norm_out(image, temb))  # [B, Li, p*p*C]
         return self.unpatchify(image[:, -current_tokens:], frames, grid_h, grid_w)
