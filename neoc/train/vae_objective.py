@@ -1,0 +1,63 @@
+"""Causal-VAE autoencoding objective (used by ``neoc.zoo.build_tiny`` to train the tiny VAE).
+
+Pyramid-Flow's VAE was trained with L1 + LPIPS + KL + GAN losses (facts §3); the toy world needs far less:
+``loss = |x - x_hat|_1 + MSE(x, x_hat) + kl_weight * KL(q(z|x) || N(0, I))``, with ``z`` sampled from the
+posterior (the noise comes in the batch, so a step is a pure function of its batch).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neoc.models.causal_vae import DiagonalGaussianDistribution
+from neoc.models.latent_norm import VAELatentDecoder, VAELatentEncoder
+
+
+class VAEReconstructionObjective(nn.Module):
+    """forward({"frames" [B,3,1+8k,H,W] in [-1,1], "latent_noise" [B,16,1+k,H/8,W/8]}) -> (loss, metrics)."""
+
+    def __init__(self, encoder: VAELatentEncoder, decoder: VAELatentDecoder, kl_weight: float = 1e-4,
+                 freeze_encoder: bool = False):
+        super().__init__()
+        self.encoder = encoder  # .encoder, .quant_conv
+        self.decoder = decoder  # .post_quant_conv, .decoder
+        self.kl_weight = kl_weight
+        self.freeze_encoder = freeze_encoder  # decoder-only refinement: the latent space stays fixed
+        if freeze_encoder:
+            self.encoder.requires_grad_(False)
+
+    def reconstruct(self, frames: torch.Tensor, latent_noise: torch.Tensor | None = None):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
+            moments = self.encoder.quant_conv(self.encoder.encoder(frames))  # [B, 32, T', h, w]
+        posterior = DiagonalGaussianDistribution(moments.float())
+        z = posterior.mean if latent_noise is None else posterior.mean + posterior.std * latent_noise
+        recon = self.decoder.decoder(self.decoder.post_quant_conv(z.to(moments.dtype)))  # [B, 3, F, H, W]
+        return recon, posterior
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        frames = batch["frames"]
+        recon, posterior = self.reconstruct(frames, batch.get("latent_noise"))
+        recon = recon.float()
+        l1 = (recon - frames).abs().mean()
+        mse = F.mse_loss(recon, frames)
+        kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
+        loss = l1 + mse + (0.0 if self.freeze_encoder else self.kl_weight) * kl
+        return loss, {"l1": l1.detach(), "mse": mse.detach(), "kl": kl.detach()}
+
+
+def psnr(reference: torch.Tensor, test: torch.Tensor) -> float:
+    """PSNR in dB of videos in [-1, 1] (peak-to-peak 2), after clamping ``test`` to that range."""
+    mse = F.mse_loss(test.clamp(-1, 1).float(), reference.float()).item()
+    return float("inf") if mse == 0 else 10.0 * math.log10(4.0 / mse)
+
+
+@torch.no_grad()
+def reconstruction_psnr(encoder: VAELatentEncoder, decoder: VAELatentDecoder, videos: Iterable[torch.Tensor]) -> float:
+    """Mean PSNR (dB) of encode(mode) -> decode round trips of videos [3, F, H, W] through the pipeline wrappers."""
+    values = [psnr(video[None], decoder(encoder(video[None]))) for video in videos]
+    return sum(values) / max(1, len(values))

@@ -1,0 +1,121 @@
+"""The shipped ``builtin:pyramid-tiny`` weights: they load, generate 49 frames, and sampling is seeded; plus the
+small pure helpers of the build (``neoc.zoo.build_tiny``).
+
+Tests of the shipped weights are skipped (naming the rebuild command) when
+``neoc/zoo/weights/pyramid-tiny.safetensors`` is absent.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from neoc.ir.schedule import Schedule
+from neoc.zoo.builtin import REBUILD_HINT, TINY_META, TINY_WEIGHTS
+
+needs_weights = pytest.mark.skipif(not TINY_WEIGHTS.is_file(),
+                                   reason=f"shipped tiny weights absent ({TINY_WEIGHTS.name}); build them with "
+                                          f"`{REBUILD_HINT} --ship`")
+
+PROMPT = "a red circle moves to the right over a plain black background"
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    """The shipped pipeline, run single-threaded: on a loaded 2-core machine two OpenMP threads made these
+    small-op graphs ~25x slower (spinning barriers), one thread is fast and deterministic."""
+    from neoc.zoo.builtin import build
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield build("builtin:pyramid-tiny")
+    torch.set_num_threads(threads)
+
+
+def _inputs(pipe, seed: int) -> dict[str, torch.Tensor]:
+    shapes = pipe.input_shapes()
+    inputs = {k: v for k, v in pipe.prompt_encoder.encode_for_guidance([PROMPT]).items() if k in shapes}
+    inputs.update(pipe.draw_noise(seed))
+    return inputs
+
+
+@needs_weights
+def test_metadata_and_size():
+    meta = json.loads(TINY_META.read_text())
+    assert len(meta["latent_norm"]) == 4 and meta["latent_norm"][1] > 0 and meta["latent_norm"][3] > 0
+    assert len(meta["guidance"]) == 2 and all(g > 1 for g in meta["guidance"])
+    assert {"command", "vae", "denoiser"} <= set(meta["training"])
+    assert TINY_WEIGHTS.stat().st_size <= 30 * 2**20
+
+
+@needs_weights
+def test_pipeline_carries_measured_norm_and_guidance(pipe):
+    meta = json.loads(TINY_META.read_text())
+    norm = pipe.components["vae_decoder"].norm
+    assert [norm.image_shift, norm.image_scale, norm.video_shift, norm.video_scale] == pytest.approx(meta["latent_norm"])
+    assert [pipe.schedule.guidance_scale, pipe.schedule.video_guidance_scale] == pytest.approx(meta["guidance"])
+
+
+@needs_weights
+def test_short_schedule_sampling_is_deterministic_by_seed(pipe):
+    """Sampler + denoiser + text encoders (decoder swapped for identity: latents [1, 16, 7, 16, 16])."""
+    latent_pipe = pipe.clone()
+    latent_pipe.replace_component("vae_decoder", nn.Identity())
+    latent_pipe.with_schedule(Schedule(first_frame_steps=(2, 2, 2), video_steps=(1, 1, 1), guidance_scale=7.0,
+                                       video_guidance_scale=5.0, label="short"))
+    first = latent_pipe.run_graph(_inputs(latent_pipe, seed=3))
+    again = latent_pipe.run_graph(_inputs(latent_pipe, seed=3))
+    other = latent_pipe.run_graph(_inputs(latent_pipe, seed=4))
+    assert first.shape == (1, 16, 7, 16, 16) and torch.isfinite(first).all()
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, other)
+
+
+@needs_weights
+@pytest.mark.slow
+def test_49_frame_generation(pipe):
+    """One short-schedule generation through the real decoder (~10-25 s on a 2-core CPU)."""
+    pipe.with_schedule(Schedule(first_frame_steps=(1, 1, 1), video_steps=(1, 1, 1), guidance_scale=7.0,
+                                video_guidance_scale=5.0, label="short"))
+    video = pipe.run_graph(_inputs(pipe, seed=0))
+    assert video.shape == (1, 3, 49, 128, 128)
+    assert torch.isfinite(video).all() and float(video.abs().max()) < 4.0
+
+
+# ---- build helpers (no weights needed) -------------------------------------------------------------------------
+def test_latent_norm_constants_by_hand():
+    from neoc.zoo.build_tiny import latent_norm_constants
+
+    videos = torch.zeros(2, 1, 3, 1, 2)
+    videos[:, :, 0] = torch.tensor([1.0, 3.0])        # first frames: mean 2, std 1.1547 (n-1)
+    videos[:, :, 1:] = torch.tensor([-1.0, 1.0])      # later frames: mean 0, std 1.0328 (n-1 over 8 values)
+    images = torch.full((1, 1, 1, 1, 2), 2.0)         # two more first-frame values at the mean
+    shift, scale, vshift, vscale = latent_norm_constants(videos, images)
+    assert shift == pytest.approx(2.0) and scale == pytest.approx(1 / (4 / 5) ** 0.5)  # var = 4/(6-1)
+    assert vshift == pytest.approx(0.0) and vscale == pytest.approx(1 / (8 / 7) ** 0.5)
+
+
+def test_vae_noise_is_annealed_then_off():
+    from neoc.zoo.build_tiny import VAEBatches
+
+    batches = VAEBatches.__new__(VAEBatches)
+    batches.cfg = {"vae_noise_until": 10, "vae_noise_off_at": 20}
+    assert [batches.noise_scale(s) for s in (0, 9, 10, 15, 20, 30)] == [1.0, 1.0, 1.0, 0.5, 0.0, 0.0]
+    batches.cfg = {"vae_noise_until": 0, "vae_noise_off_at": 0}
+    assert batches.noise_scale(0) == 0.0
+
+
+def test_dit_init_makes_the_denoiser_start_at_zero():
+    from neoc.models.mmdit import PyramidMMDiT
+    from neoc.zoo.build_tiny import dit_init
+
+    denoiser = PyramidMMDiT(sample_size=8, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8,
+                            num_attention_heads=2, caption_projection_dim=16, pooled_projection_dim=8,
+                            pos_embed_max_size=8, joint_attention_dim=12)
+    dit_init(denoiser)
+    out = denoiser([[torch.randn(1, 4, 1, 8, 8)]], torch.randn(1, 3, 12), torch.ones(1, 3), torch.randn(1, 8),
+                   torch.tensor([500.0]))
+    assert torch.equal(out[0], torch.zeros(1, 4, 1, 8, 8))
