@@ -7,15 +7,23 @@ one wrapper component whose JSON config lists them (the MMDiT's own config canno
   installed by the ``rope-rank-reduction`` pass;
 * ``mask_fill_value``: a finite additive attention mask instead of the boolean one (``mask-value``);
 * ``static_layout``: per pyramid stage, the padded history clips every latent frame's call uses
-  (``static-shape``); the pipeline emitter then pads each call's history through :meth:`emit_static_inputs`.
+  (``static-shape``); the pipeline emitter then pads each call's history through :meth:`emit_static_inputs`;
+* ``precomputed``: the timestep embedding, RoPE table, attention mask and positional embeddings are computed
+  outside the DiT and passed in (``precompute-inputs``, :mod:`neoc.deploy.precompute`); the pipeline emitter
+  asks :meth:`emit_precomputed_inputs` for them on every call.
 
 The wrapper keeps the MMDiT call signature (``sample, encoder_hidden_states, encoder_attention_mask,
 pooled_projections, timestep_ratio``) and adds ``frame_valid`` / ``frame_time`` for padded calls: per latent frame
-of the padded clip list (oldest first, the current frame last), 1/0 validity and the RoPE time id.
+of the padded clip list (oldest first, the current frame last), 1/0 validity and the RoPE time id. A precomputed
+call passes ``temb`` [B, D], ``rope`` (the joint RoPE table), ``attention_mask`` [B, 1, L, L] and ``positions``
+(one [1, h*w, D] table per clip) and leaves ``encoder_attention_mask`` / ``pooled_projections`` /
+``timestep_ratio`` as None: the DiT graph's inputs are then the clips, the context and those four (a padded call
+still carries ``frame_valid`` / ``frame_time``, unused by the DiT then, so same-input probes can rebuild it).
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Sequence
 
 import torch
@@ -35,7 +43,7 @@ class DeployDenoiser(nn.Module):
     """Wraps a :class:`PyramidMMDiT` (``self.mmdit``) and applies the recorded deployment rewrites."""
 
     def __init__(self, mmdit: PyramidMMDiT, rope: RopeForm = "6d", mask_fill_value: float | None = None,
-                 static_layout: Sequence[StageLayout] | None = None):
+                 static_layout: Sequence[StageLayout] | None = None, precomputed: bool = False):
         super().__init__()
         if not isinstance(mmdit, PyramidMMDiT):
             raise InputError(f"deployment rewrites need a PyramidMMDiT denoiser, got {type(mmdit).__name__}")
@@ -49,6 +57,7 @@ class DeployDenoiser(nn.Module):
         self.set_mask_fill_value(mask_fill_value)
         if static_layout is not None:
             self.set_static_layout(static_layout)
+        self.precomputed = bool(precomputed)
 
     # ------------------------------------------------------------------ rewrites
     def reduce_rope_rank(self) -> None:
@@ -85,9 +94,14 @@ class DeployDenoiser(nn.Module):
         return self.mmdit.patch_size
 
     # ------------------------------------------------------------------ forward
-    def forward(self, sample, encoder_hidden_states: torch.Tensor, encoder_attention_mask: torch.Tensor,
-                pooled_projections: torch.Tensor, timestep_ratio: torch.Tensor,
-                frame_valid: torch.Tensor | None = None, frame_time: torch.Tensor | None = None) -> list[torch.Tensor]:
+    def forward(self, sample, encoder_hidden_states: torch.Tensor, encoder_attention_mask: torch.Tensor | None,
+                pooled_projections: torch.Tensor | None, timestep_ratio: torch.Tensor | None,
+                frame_valid: torch.Tensor | None = None, frame_time: torch.Tensor | None = None,
+                temb: torch.Tensor | None = None, rope: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None,
+                positions: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        if temb is not None:  # precomputed inputs: only the DiT itself runs here
+            return [self.forward_precomputed(sample, encoder_hidden_states, temb, rope, attention_mask, positions)]
         if frame_valid is None:
             return self.mmdit(sample, encoder_hidden_states, encoder_attention_mask, pooled_projections,
                               timestep_ratio)
@@ -100,13 +114,41 @@ class DeployDenoiser(nn.Module):
         image_valid, image_time = frame_to_token_values(clips, mmdit.patch_size, frame_valid, frame_time)
         return [mmdit.forward_clips(clips, context, encoder_attention_mask, temb, image_valid, image_time)]
 
-    # ------------------------------------------------------------------ pipeline emission hook
+    def forward_precomputed(self, sample, encoder_hidden_states: torch.Tensor, temb: torch.Tensor,
+                            rope: torch.Tensor | None, attention_mask: torch.Tensor,
+                            positions: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The DiT graph of a precomputed call (one stage entry): clips -> prediction [B, C, T, H, W]."""
+        from neoc.deploy.precompute import embed_clips
+
+        if len(sample) != 1:
+            raise ValueError("a precomputed call takes one stage entry")
+        clips = sample[0]
+        mmdit = self.mmdit
+        context = mmdit.context_embedder(encoder_hidden_states)  # [B, Lt, D]
+        image = embed_clips(mmdit.pos_embed, clips, positions)  # [B, Li, D]
+        if attention_mask.is_floating_point():
+            attention_mask = attention_mask.to(image.dtype)
+        current = clips[-1]
+        return mmdit.forward_tokens(image, context, temb, attention_mask, rope, tuple(current.shape[2:]))
+
+    # ------------------------------------------------------------------ pipeline emission hooks
     def emit_static_inputs(self, fn, unit: int, stage: int, num_stages: int, clips: list, like, batch: int):
         """Called by the pipeline emitter for every (latent frame, stage): the history clips padded to the
         stage's static layout, their shapes, and the extra denoiser kwargs. Without a static layout: ``None``."""
         if self.static_layout is None:
             return None
         return pad_call_inputs(fn, self.static_layout[stage], unit, stage, num_stages, clips, like, batch)
+
+    def emit_precomputed_inputs(self, graph, call: dict, *, timestep: float, clip_shapes: list, batch: int,
+                                text_length: int) -> dict:
+        """Called by the pipeline emitter for every denoiser call with its keyword inputs (graph nodes):
+        without ``precomputed`` the call unchanged, else the call with ``temb`` / ``rope`` / ``attention_mask``
+        / ``positions`` nodes (see :mod:`neoc.deploy.precompute`). Nodes are shared within one emitted graph:
+        the timestep embedding once per (timestep, text rows), the positions once per layout, the mask once per
+        (layout, text rows); the RoPE table is a cached constant."""
+        if not self.precomputed:
+            return call
+        return emit_precomputed_call(self, graph, call, timestep, clip_shapes, batch, text_length)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -191,6 +233,66 @@ def pad_call_inputs(fn, layout: StageLayout, unit: int, stage: int, num_stages: 
 
 
 # ---------------------------------------------------------------------------------------------------
+# precomputed inputs (graph emission)
+# ---------------------------------------------------------------------------------------------------
+
+_EMITTED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # fx.Graph -> {key: node}
+
+
+def _static_frame_values(node) -> tuple | None:
+    """The static tuple behind a ``frame_vector(values)`` node (or None)."""
+    if node is None:
+        return None
+    if getattr(node, "target", None) is not frame_vector:
+        raise ValueError(f"denoiser input {node} is not a static frame vector")
+    return tuple(node.args[0])
+
+
+def emit_precomputed_call(denoiser: DeployDenoiser, graph, call: dict, timestep: float, clip_shapes: list,
+                          batch: int, text_length: int) -> dict:
+    from neoc.deploy import precompute as pre
+
+    mmdit = denoiser.mmdit
+    memo = _EMITTED.setdefault(graph, {})
+
+    def shared(key, make):
+        if key not in memo:
+            memo[key] = make()
+        return memo[key]
+
+    pooled, text_mask = call["pooled_projections"], call["encoder_attention_mask"]
+    if pooled is None:
+        raise InputError("precomputed denoiser inputs need the pooled text projection (CLIP) of every call")
+    layout = pre.call_layout(clip_shapes, mmdit.patch_size, _static_frame_values(call.get("frame_time")),
+                             _static_frame_values(call.get("frame_valid")))
+
+    def make_temb():
+        ratio = graph.call_function(pre.timestep_embedding_inputs, (float(timestep), pooled))
+        node = graph.call_module("denoiser.mmdit.time_text_embed", (ratio, pooled))
+        node.meta.update({"role": "denoiser_inputs", "timestep": float(timestep)})
+        return node
+
+    def make_positions():
+        table = graph.get_attr("denoiser.mmdit.pos_embed.pos_embed")
+        hws = tuple((h // mmdit.patch_size, w // mmdit.patch_size) for _, h, w in clip_shapes)
+        return graph.call_function(pre.clip_positions, (table, mmdit.pos_embed.pos_embed_max_size,
+                                                        mmdit.pos_embed.interp_condition_pos, hws))
+
+    rope = None
+    if mmdit.temporal_rope is not None:
+        rope = shared(("rope", layout, text_length, batch), lambda: graph.call_function(
+            pre.rope_table, (layout, text_length, batch, mmdit.temporal_rope.head_dim,
+                             float(mmdit.temporal_rope.theta), denoiser.rope_form)))
+    mask = shared(("mask", layout, text_mask.name, mmdit.use_temporal_causal, denoiser.mask_fill_value),
+                  lambda: graph.call_function(pre.joint_attention_mask, (text_mask, layout, mmdit.use_temporal_causal,
+                                                                         denoiser.mask_fill_value)))
+    return {**call, **{name: None for name in pre.REPLACED_KWARGS},
+            "temb": shared(("temb", float(timestep), pooled.name), make_temb),
+            "rope": rope, "attention_mask": mask,
+            "positions": shared(("positions", tuple(clip_shapes)), make_positions)}
+
+
+# ---------------------------------------------------------------------------------------------------
 # finding / installing the wrapper, run-folder builder
 # ---------------------------------------------------------------------------------------------------
 
@@ -217,14 +319,16 @@ def _describe(module: DeployDenoiser) -> dict:
     return {"mmdit": describe_mmdit(module.mmdit), "rope": module.rope_form,
             "mask_fill_value": module.mask_fill_value,
             "static_layout": None if module.static_layout is None else [[list(c) for c in s]
-                                                                       for s in module.static_layout]}
+                                                                       for s in module.static_layout],
+            "precomputed": module.precomputed}
 
 
 def _build(config: dict, device: str | None = None) -> DeployDenoiser:
     from neoc.zoo.components import build_mmdit
 
     return DeployDenoiser(build_mmdit(config["mmdit"], device=device), rope=config.get("rope", "6d"),
-                          mask_fill_value=config.get("mask_fill_value"), static_layout=config.get("static_layout"))
+                          mask_fill_value=config.get("mask_fill_value"), static_layout=config.get("static_layout"),
+                          precomputed=config.get("precomputed", False))
 
 
 register_builder("neoc.DeployDenoiser", DeployDenoiser, _build, _describe)

@@ -12,11 +12,15 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from neoc.deploy.precompute import PRECOMPUTED_KWARGS
 from neoc.errors import CheckFailed
 from neoc.models.mmdit import PyramidMMDiT
 
 STANDARD_KWARGS = ("sample", "encoder_hidden_states", "encoder_attention_mask", "pooled_projections",
                    "timestep_ratio")
+# inputs of a precomputed call (precompute-inputs) are derived from the standard ones: probes leave them out and
+# let the denoiser compute them
+DERIVED_KWARGS = PRECOMPUTED_KWARGS
 
 
 def _constant_value(arg):
@@ -56,7 +60,8 @@ def denoiser_probe_calls(pipeline, mmdit: PyramidMMDiT, seed: int) -> list[dict]
     gen = torch.Generator().manual_seed(int(seed))
     calls, seen = [], set()
     for node in pipeline.denoiser_nodes():
-        extra = {k: _constant_value(v) for k, v in node.kwargs.items() if k not in STANDARD_KWARGS}
+        extra = {k: _constant_value(v) for k, v in node.kwargs.items()
+                 if k not in STANDARD_KWARGS and k not in DERIVED_KWARGS}
         key = (node.meta["signature"], tuple((k, tuple(v.tolist())) for k, v in sorted(extra.items())))
         if key in seen:
             continue

@@ -115,7 +115,10 @@ def analyze_pipeline(pipe: Pipeline) -> dict[str, Any]:
         ids = torch.zeros((2, L), dtype=torch.long, device="meta")
         t5 = pipe.component("text_encoder")
         # mask None: FLOPs do not depend on it, and HF's mask helpers read mask values (impossible on meta)
-        comps["text_encoder"]["flops_per_video"] = _flops(lambda: t5(ids, None))
+        try:
+            comps["text_encoder"]["flops_per_video"] = _flops(lambda: t5(ids, None))
+        except (TypeError, AttributeError):  # wrappers that build their own finite mask need one
+            comps["text_encoder"]["flops_per_video"] = _flops(lambda: t5(ids, torch.ones_like(ids)))
         width = _text_width(pipe)
         hidden = _meta((2, L, width))
         if pipe.has("context_embedder"):

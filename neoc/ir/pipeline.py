@@ -296,12 +296,16 @@ def emit_graph(pipe: Pipeline) -> fx.Graph:
             image_tokens = sum(t * (hh // spec.patch_size) * (ww // spec.patch_size)
                                for t, hh, ww in clip_shapes + [(1, h, w)])
             signature = (tuple(clip_shapes), (1, h, w), 2 if use_cfg else 1)
+            precompute = getattr(pipe.component("denoiser"), "emit_precomputed_inputs", None)
             for step in range(steps[stage]):
                 x_in = e.fn(ops.cfg_batch, x) if use_cfg else x
                 t_in = e.fn(ops.timestep, float(timesteps[step]), x_in)
-                out = e.mod("denoiser", sample=[clips + [x_in]], encoder_hidden_states=ctx,
-                            encoder_attention_mask=mask, pooled_projections=pool, timestep_ratio=t_in,
-                            **extra_inputs,
+                call = dict(sample=[clips + [x_in]], encoder_hidden_states=ctx, encoder_attention_mask=mask,
+                            pooled_projections=pool, timestep_ratio=t_in, **extra_inputs)
+                if precompute is not None:  # precompute-inputs: temb / RoPE / mask / positions fed in
+                    call = precompute(g, call, timestep=float(timesteps[step]), clip_shapes=clip_shapes + [(1, h, w)],
+                                      batch=2 if use_cfg else 1, text_length=spec.t5_max_length)
+                out = e.mod("denoiser", **call,
                             meta={"unit": unit, "stage": stage, "step": step, "nfe": 2 if use_cfg else 1,
                                   "timestep": float(timesteps[step]), "image_tokens": image_tokens,
                                   "text_tokens": spec.t5_max_length, "signature": signature,

@@ -1,0 +1,183 @@
+"""AIMET quantisation simulation of one graph: build, calibrate, measure, export and reload encodings.
+
+* :func:`build_sim` — ``aimet_torch.QuantizationSimModel`` over a deep copy of the graph, W8A16 =
+  ``default_param_bw=8, default_output_bw=16`` with an HTP config (``htp_v73`` = Snapdragon X Elite; per-channel
+  int8 weights, uint16 activations), min-max ("tf") or SQNR-searched ("tf_enhanced") ranges.
+* :func:`calibrate` — ``sim.compute_encodings`` over recorded calls.
+* :func:`adaround` — AIMET AdaRound (Nagel et al. 2020) before the sim: learns each weight's up/down rounding on
+  the calibration calls; the rounded weights and their frozen parameter encodings go into the sim (Table 9 uses
+  it for QuickSRNet).
+* :func:`export_encodings` / :func:`load_sim` — the encodings as AIMET's torch-format JSON dict
+  (``{"activation_encodings": {module: {"input"|"output": {index: enc}}}, "param_encodings": {param: [enc per
+  channel]}}``, each ``enc`` with ``min, max, scale, offset, bitwidth, dtype, is_symmetric``), and a fresh sim
+  with them loaded (``QuantizationSimModel.load_encodings``, strict) — same outputs as the calibrated sim.
+* :func:`sqnr_db` — ``10 log10(sum ref^2 / sum (ref - out)^2)`` pooled over held-out calls.
+
+What the sim quantises: every module AIMET wraps (Linear, Conv, norms, activations as modules, and neoc's own
+leaf modules: see :mod:`neoc.quant.aimet_modules`) — weights and module outputs. Tensor math written as
+functions between modules (residual adds, adaLN modulation, SDPA internals, F.gelu / F.silu) stays float in this
+module-level simulation; the HTP graph quantises those too, so the sim's SQNR is an upper bound of the device's
+(the hexagon target measures the device side in HTP simulation). AIMET's ``prepare_model`` would turn those
+functions into modules, but in aimet-torch 2.42 it drops the ``attn_mask`` of ``scaled_dot_product_attention``
+and GELU's ``approximate='tanh'`` (checked on the tiny MMDiT: the prepared float graph differs by 1e-2), so neoc
+does not use it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+import attrs
+import torch
+from torch import nn
+
+from neoc.errors import CheckFailed
+from neoc.quant.calibration import ComponentCall
+from neoc.quant.graphs import QuantGraph
+
+
+@attrs.frozen
+class SimSettings:
+    """How a graph is simulated (JSON-able; recorded with its encodings)."""
+
+    param_bw: int = 8
+    output_bw: int = 16
+    config: str = "htp_v73"  # aimet config alias (htp_v73 = X Elite, htp_v79 = 8 Elite) or a file
+    quant_scheme: str = "tf"  # "tf" (min-max) or "tf_enhanced" (SQNR-searched ranges)
+
+    def as_dict(self) -> dict:
+        return attrs.asdict(self)
+
+
+def _aimet():
+    import neoc.quant.aimet_modules  # noqa: F401  (registers neoc's leaf modules)
+    from aimet_common.defs import QuantScheme
+    from aimet_torch.quantsim import QuantizationSimModel
+
+    return QuantizationSimModel, QuantScheme
+
+
+def _scheme(name: str):
+    _, QuantScheme = _aimet()
+    return {"tf": QuantScheme.post_training_tf, "tf_enhanced": QuantScheme.post_training_tf_enhanced}[name]
+
+
+def quantizable_layers(module: nn.Module) -> int:
+    """Layers whose weights a W8A16 sim quantises (Linear, Conv*): 0 means there is nothing to quantise."""
+    return sum(1 for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d,
+                                                             nn.ConvTranspose2d, nn.ConvTranspose3d)))
+
+
+def build_sim(graph: QuantGraph, example: Sequence[torch.Tensor], settings: SimSettings,
+              module: nn.Module | None = None):
+    """A QuantizationSimModel over a copy of ``graph.module`` (or of ``module``, e.g. AdaRound weights)."""
+    from neoc.quant.aimet_modules import ensure_registered
+
+    QuantizationSimModel, _ = _aimet()
+    model = copy.deepcopy(module if module is not None else graph.module).eval()
+    ensure_registered(model)
+    with torch.no_grad():
+        return QuantizationSimModel(model, tuple(example), quant_scheme=_scheme(settings.quant_scheme),
+                                    default_param_bw=settings.param_bw, default_output_bw=settings.output_bw,
+                                    config_file=settings.config, in_place=True)
+
+
+def calibrate(sim, graph: QuantGraph, calls: Sequence[ComponentCall]) -> None:
+    def forward_pass(model, _):
+        for call in calls:
+            graph.run(model, call)
+
+    sim.compute_encodings(forward_pass, None)
+
+
+def adaround(graph: QuantGraph, calls: Sequence[ComponentCall], settings: SimSettings, iterations: int,
+             work_dir: Path) -> tuple[nn.Module, Path]:
+    """AdaRound the graph's weights on ``calls``: returns (module with the rounded weights, param-encodings
+    file). The float component is not touched (AdaRound runs on a copy)."""
+    from aimet_torch.adaround.adaround_weight import Adaround, AdaroundParameters
+
+    _aimet()
+    inputs = [graph.inputs(call) for call in calls]
+    loader = torch.utils.data.DataLoader(_ListDataset(inputs), batch_size=None, shuffle=False)
+    params = AdaroundParameters(data_loader=loader, num_batches=len(inputs), default_num_iterations=iterations,
+                                forward_fn=lambda model, batch: model(*batch))
+    work_dir.mkdir(parents=True, exist_ok=True)
+    prefix = graph.name.replace("/", ".") + ".adaround"
+    model = copy.deepcopy(graph.module).eval()
+    from neoc.quant.aimet_modules import ensure_registered
+
+    ensure_registered(model)
+    rounded = Adaround.apply_adaround(model, inputs[0], params, path=str(work_dir), filename_prefix=prefix,
+                                      default_param_bw=settings.param_bw,
+                                      default_quant_scheme=_scheme(settings.quant_scheme),
+                                      default_config_file=settings.config)
+    return rounded, work_dir / f"{prefix}.encodings"
+
+
+class _ListDataset(torch.utils.data.Dataset):
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        return self.items[index]
+
+
+def export_encodings(sim) -> dict:
+    """The sim's encodings as a JSON-able dict in AIMET's torch format (string keys, as JSON stores them)."""
+    activation, param = sim.get_activation_param_encodings()
+    return json.loads(json.dumps({"activation_encodings": activation, "param_encodings": param}))
+
+
+def load_sim(graph: QuantGraph, example: Sequence[torch.Tensor], settings: SimSettings, encodings: dict,
+             module: nn.Module | None = None):
+    """A fresh sim of ``graph`` with ``encodings`` loaded (strict: every encoding must find its quantizer;
+    quantizers without an encoding are removed, as in the calibrated sim)."""
+    sim = build_sim(graph, example, settings, module)
+    sim.load_encodings(encodings, strict=True, partial=False)
+    return sim
+
+
+@torch.no_grad()
+def sqnr_db(reference: Sequence[torch.Tensor], quantized: Sequence[torch.Tensor]) -> float | None:
+    """Pooled SQNR in dB over pairs of outputs; ``inf`` when identical, None when an output is not finite."""
+    signal = noise = 0.0
+    for ref, out in zip(reference, quantized, strict=True):
+        ref, out = ref.double(), out.double()
+        if not (torch.isfinite(ref).all() and torch.isfinite(out).all()):
+            return None
+        signal += float(ref.pow(2).sum())
+        noise += float((ref - out).pow(2).sum())
+    if noise == 0.0:
+        return math.inf
+    return 10.0 * math.log10(signal / noise) if signal > 0 else -math.inf
+
+
+@torch.no_grad()
+def run_graph(module: nn.Module, graph: QuantGraph, calls: Sequence[ComponentCall]) -> list[torch.Tensor]:
+    module.eval()
+    return [graph.run(module, call).float() for call in calls]
+
+
+def reload_difference(calibrated: Sequence[torch.Tensor], reloaded: Sequence[torch.Tensor], name: str,
+                      tolerance: float = 1e-2) -> float:
+    """Max abs difference between a calibrated sim's outputs and those after loading its exported encodings.
+
+    AIMET's JSON encodings carry each range as a grid (scale, offset) plus its raw min/max; a reload snaps the
+    range to the grid, which can move a scale in its last bits and flip single rounding decisions (1e-5 of the
+    output range in one layer, more through a deep conv stack). The reloaded sim is what the encodings *mean*
+    (and what QNN builds), so the pass measures SQNR and quality with it; a difference beyond ``tolerance``
+    (relative to the output range) would be a real mismatch (e.g. encodings that did not load).
+    """
+    diff = max(float((x - y).abs().max()) for x, y in zip(calibrated, reloaded, strict=True))
+    scale = max(float(x.abs().max()) for x in calibrated) or 1.0
+    if not diff <= tolerance * scale:
+        raise CheckFailed(f"quantize-w8a16: {name}: reloaded encodings give different outputs (max diff {diff:g}, "
+                          f"output scale {scale:g})")
+    return diff
