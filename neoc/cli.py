@@ -194,7 +194,9 @@ def eval_(model: str = typer.Option("builtin:pyramid-tiny", "--model"),
 def generate(model: str = typer.Option("builtin:pyramid-tiny", "--model"),
              prompt: str = typer.Option(..., "--prompt"),
              out: str = typer.Option(..., "--out", help="Output .mp4"),
-             seed: int = typer.Option(0, "--seed")):
+             seed: int = typer.Option(0, "--seed"),
+             scale: int = typer.Option(1, "--scale", min=1, max=16,
+                                       help="Nearest-neighbour enlargement of the written mp4 (toy videos are 64x64)")):
     """Generate one video."""
     from neoc import sources
     from neoc.data.videos import write_mp4
@@ -204,6 +206,8 @@ def generate(model: str = typer.Option("builtin:pyramid-tiny", "--model"),
     _check_model_source(model, "--model")
     pipe = sources.load_source(model)
     video = pipe.generate(prompt, seed=seed)
+    if scale > 1:  # [1, 3, F, H, W]: enlarge H and W only
+        video = video.repeat_interleave(scale, dim=3).repeat_interleave(scale, dim=4)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     write_mp4(video[0], out, fps=pipe.spec.fps)
     typer.echo(f"wrote {out} ({video.shape[2]} frames {video.shape[3]}x{video.shape[4]})")

@@ -13,6 +13,18 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _single_intra_op_thread():
+    """Every test runs with one torch intra-op thread: results do not depend on the core count, and on a shared
+    2-core machine oversubscribed OpenMP threads made small-op graphs ~10-25x slower."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _cli_runner():
     from typer.testing import CliRunner
 

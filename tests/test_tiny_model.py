@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from neoc.ir.schedule import Schedule
-from neoc.zoo.builtin import REBUILD_HINT, TINY_META, TINY_WEIGHTS
+from neoc.zoo.builtin import REBUILD_HINT, TINY_META, TINY_SIZE, TINY_WEIGHTS
 
 needs_weights = pytest.mark.skipif(not TINY_WEIGHTS.is_file(),
                                    reason=f"shipped tiny weights absent ({TINY_WEIGHTS.name}); build them with "
@@ -61,7 +61,7 @@ def test_pipeline_carries_measured_norm_and_guidance(pipe):
 
 @needs_weights
 def test_short_schedule_sampling_is_deterministic_by_seed(pipe):
-    """Sampler + denoiser + text encoders (decoder swapped for identity: latents [1, 16, 7, 16, 16])."""
+    """Sampler + denoiser + text encoders (decoder swapped for identity: latents [1, 16, 7, 8, 8])."""
     latent_pipe = pipe.clone()
     latent_pipe.replace_component("vae_decoder", nn.Identity())
     latent_pipe.with_schedule(Schedule(first_frame_steps=(2, 2, 2), video_steps=(1, 1, 1), guidance_scale=7.0,
@@ -69,7 +69,7 @@ def test_short_schedule_sampling_is_deterministic_by_seed(pipe):
     first = latent_pipe.run_graph(_inputs(latent_pipe, seed=3))
     again = latent_pipe.run_graph(_inputs(latent_pipe, seed=3))
     other = latent_pipe.run_graph(_inputs(latent_pipe, seed=4))
-    assert first.shape == (1, 16, 7, 16, 16) and torch.isfinite(first).all()
+    assert first.shape == (1, 16, 7, TINY_SIZE // 8, TINY_SIZE // 8) and torch.isfinite(first).all()
     assert torch.equal(first, again)
     assert not torch.allclose(first, other)
 
@@ -81,7 +81,7 @@ def test_49_frame_generation(pipe):
     pipe.with_schedule(Schedule(first_frame_steps=(1, 1, 1), video_steps=(1, 1, 1), guidance_scale=7.0,
                                 video_guidance_scale=5.0, label="short"))
     video = pipe.run_graph(_inputs(pipe, seed=0))
-    assert video.shape == (1, 3, 49, 128, 128)
+    assert video.shape == (1, 3, 49, TINY_SIZE, TINY_SIZE)
     assert torch.isfinite(video).all() and float(video.abs().max()) < 4.0
 
 

@@ -1,18 +1,28 @@
 """Train the toy-world quality probe (``neoc/eval/probe.py``) and write its shipped weights.
 
-Command (CPU, one thread, seeded, ~25-35 minutes on the shared 2-core dev machine):
+Command (CPU, one thread, seeded):
 
     PYTHONPATH=. python3 -m neoc.eval.train_probe --steps 600 --frame-steps 400 --out neoc/zoo/weights/quality-probe.safetensors
+
+Measured: 1709 s (28.5 min) on the shared 2-core dev machine under a load average of ~9
+(phase 1 ~7 min, phase 2 ~21 min); expect far less on an idle machine.
+
+Phase 1 (``--frame-steps`` x ``--frame-batch`` single frames): the frame encoder and the per-frame
+shape/colour heads, one random probe frame from each of 64 different scenes per step. Shape needs
+many distinct objects; whole clips give 17 near-identical views of one object (a clip-only run of
+1000 steps reached only 48 % held-out shape accuracy).
+Phase 2 (``--steps`` x ``--batch-size`` clips): all heads on whole clips.
 
 Data: ground-truth renders of the toy world's TRAIN split (fresh scenes every step, never eval
 scenes), with light degradations so the probe also reads generated videos: Gaussian blur, additive
 pixel noise, low-frequency blotches, slight colour/contrast jitter, per-frame brightness flicker and
-JPEG-like blockiness (2x/4x nearest resampling + coarse quantisation). Each degradation is applied
-with probability 1/2, independently.
+JPEG-like blockiness (2x block averaging + coarse quantisation). Each degradation is applied with
+probability 1/2, independently.
 
 After training it computes, on EVAL-split renders: held-out accuracy per head (clean and degraded),
 and the reference statistics quality.py uses (clip-embedding mean/covariance, per-frame feature
-mean/std). Accuracies and settings go to ``<out>.json`` beside the weights.
+mean/std). Accuracies and settings go to ``<out>.json`` beside the weights (and into the
+safetensors metadata).
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ Usage (one process, or unchanged under ``torchrun --nproc_per_node N``)::
 
 Contract:
 
-* ``batch_fn(ctx: StepContext)`` builds one micro-batch. All randomness of a step should come from
+* ``batch_fn(ctx: StepContext)`` builds one micro-batch (on the CPU is fine: tensors in dicts, lists, tuples and
+  dataclasses are moved to the training device). All randomness of a step should come from
   ``ctx.generator``, seeded from ``(seed, step, micro, rank)``: then resuming from a checkpoint replays exactly
   the data an uninterrupted run would have seen, and the final weights are bit-identical.
 * The objective's ``forward`` returns the loss (a scalar tensor), optionally with a dict of float metrics
@@ -25,6 +26,7 @@ Contract:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -78,7 +80,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     resume: bool = True
     log_every: int = 10
-    autocast: str = "auto"             # "auto" | "bf16" | "fp16" | "off"
+    autocast: str = "auto"             # "auto" | "bf16" | "off" (no fp16: it would need a loss scaler)
     strategy: str = "ddp"              # "ddp" | "fsdp" | "none" (only matters under torchrun)
     find_unused_parameters: bool = False
     ema_decay: float | None = None     # keep EMA weights (checkpointed) when set
@@ -90,8 +92,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.steps < 0 or self.grad_accum < 1:
             raise ValueError(f"TrainConfig: steps must be >= 0 and grad_accum >= 1 (got {self.steps}, {self.grad_accum})")
-        if self.autocast not in ("auto", "bf16", "fp16", "off"):
-            raise ValueError(f"TrainConfig.autocast: {self.autocast!r} (expected auto, bf16, fp16 or off)")
+        if self.autocast not in ("auto", "bf16", "off"):
+            raise ValueError(f"TrainConfig.autocast: {self.autocast!r} (expected auto, bf16 or off)")
         if self.strategy not in ("ddp", "fsdp", "none"):
             raise ValueError(f"TrainConfig.strategy: {self.strategy!r} (expected ddp, fsdp or none)")
 
@@ -119,6 +121,20 @@ class TrainResult:
     checkpoint: str | None = None
 
 
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    """Tensors inside dicts / lists / tuples / dataclasses moved to ``device`` (a no-op on CPU)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        return dataclasses.replace(batch, **{f.name: move_to_device(getattr(batch, f.name), device)
+                                             for f in dataclasses.fields(batch) if f.init})
+    if isinstance(batch, dict):
+        return {k: move_to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to_device(v, device) for v in batch)
+    return batch
+
+
 def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
     """A 63-bit seed unique to (seed, step, micro, rank), independent of how the run got there."""
     return int(np.random.SeedSequence([seed, step, micro, rank]).generate_state(2, np.uint32).astype(np.uint64)
@@ -135,8 +151,9 @@ class Trainer:
     """Optimise ``model`` (an objective module returning its loss) with ``optimizer``.
 
     ``optimizer`` is an optimizer, or a factory ``module -> optimizer`` (required with FSDP, which replaces the
-    parameters when it shards them). ``lr_schedule(step)`` multiplies each param group's initial LR (None: constant). Under ``torchrun`` the
-    model is wrapped in DDP (or sharded with FSDP2) on construction; :attr:`module` is the plain module.
+    parameters when it shards them). ``lr_schedule(step)`` multiplies each param group's initial LR (None:
+    constant). Under ``torchrun`` the model is wrapped in DDP (or sharded with FSDP2) on construction;
+    :attr:`module` is the plain module, :attr:`model` the wrapped one.
     """
 
     def __init__(self, model: nn.Module,
@@ -224,7 +241,7 @@ class Trainer:
         if self.ema is not None:
             if state["ema"] is None:
                 raise ValueError(f"{folder}: checkpoint has no EMA weights but the config keeps them")
-            self.ema = {k: state["ema"][k].clone() for k in self.ema}
+            self.ema = {k: state["ema"][k].to(self.info.device).clone() for k in self.ema}
         tensors, rest = state["rng"]
         ckpt.restore_rng(tensors, rest)
         self.step = state["step"]
@@ -236,8 +253,7 @@ class Trainer:
         mode, device = self.config.autocast, self.info.device
         if mode == "off" or (mode == "auto" and not (device.type == "cuda" and torch.cuda.is_bf16_supported())):
             return nullcontext()
-        dtype = torch.float16 if mode == "fp16" else torch.bfloat16
-        return torch.autocast(device_type=device.type, dtype=dtype)
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
     def _update_ema(self) -> None:
         decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
@@ -257,7 +273,7 @@ class Trainer:
         for micro in range(cfg.grad_accum):
             gen = torch.Generator().manual_seed(step_seed(cfg.seed, self.step, micro, self.info.rank))
             ctx = StepContext(self.step, micro, self.info.rank, self.info.world_size, self.info.device, gen)
-            batch = batch_fn(ctx)
+            batch = move_to_device(batch_fn(ctx), self.info.device)
             last = micro == cfg.grad_accum - 1
             sync = nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
             with sync:

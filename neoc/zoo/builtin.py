@@ -24,10 +24,11 @@ REBUILD_HINT = "python -m neoc.zoo.build_tiny"
 # Latent normalisation of the tiny VAE: measured on encoded toy-world videos by build_tiny and stored in
 # pyramid-tiny.json; these defaults are only used for random-init pipelines.
 DEFAULT_TINY_NORM = (0.0, 1.0, 0.0, 1.0)
+TINY_SIZE = 64  # toy-world frames are rendered at 64x64 for the tiny pipeline (the probe reads 64x64 too)
 
 
 def tiny_spec(norm=DEFAULT_TINY_NORM) -> PipelineSpec:
-    return PipelineSpec("pyramid-tiny", frames=49, height=128, width=128,
+    return PipelineSpec("pyramid-tiny", frames=49, height=TINY_SIZE, width=TINY_SIZE,
                         t5_max_length=tc.TINY_T5_MAX_LENGTH, clip_max_length=tc.TINY_CLIP_MAX_LENGTH,
                         image_shift=norm[0], image_scale=norm[1], video_shift=norm[2], video_scale=norm[3],
                         prompt_suffix=tc.TINY_PROMPT_SUFFIX, negative_prompt=tc.TINY_NEGATIVE_PROMPT, fps=12)

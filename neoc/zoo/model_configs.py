@@ -66,7 +66,8 @@ SD3_VAE_CONFIG: dict = {
     "scaling_factor": 0.13025,
 }
 
-# Toy world (preamble): 128x128 RGB, 49 frames -> latents 16 x 7 x 16x16; patch 2; tiny T5 width 192.
+# Toy world (preamble): 64x64 RGB, 49 frames -> latents 16 x 7 x 8x8; patch 2 (16 tokens a frame at full
+# resolution); tiny T5 width 192.
 TINY_MMDIT_CONFIG: dict = {
     "_class_name": "PyramidDiffusionMMDiT",
     "attention_head_dim": 32,
@@ -81,18 +82,18 @@ TINY_MMDIT_CONFIG: dict = {
     "pos_embed_max_size": 24,
     "pos_embed_type": "sincos",
     "qk_norm": "rms_norm",
-    "sample_size": 16,
+    "sample_size": 8,
     "use_flash_attn": False,
     "use_temporal_causal": True,
 }
 
 TINY_VAE_CONFIG: dict = {
     **copy.deepcopy(SD3_VAE_CONFIG),
-    "decoder_block_out_channels": [32, 64, 64, 64],
+    "decoder_block_out_channels": [16, 32, 64, 64],
     "decoder_layers_per_block": [2, 2, 2, 2],
     "decoder_norm_num_groups": 8,
-    "encoder_block_out_channels": [32, 64, 64, 64],
+    "encoder_block_out_channels": [16, 32, 64, 64],
     "encoder_layers_per_block": [1, 1, 1, 1],
     "encoder_norm_num_groups": 8,
-    "sample_size": 128,
+    "sample_size": 64,
 }
