@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a shared 2-core CPU more threads oversubscribe)")
     parser.add_argument("--score", action="store_true")
+    parser.add_argument("--zoom", type=int, default=3, help="nearest-neighbour enlargement of the strips (64x64 frames)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -66,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         video = generate(pipe, prompt, seed=index)
         timings.append(time.time() - start)
         videos.append(video)
-        Image.fromarray(frame_strip(video)).save(args.out / f"tiny-{index}.png")
+        strip = Image.fromarray(frame_strip(video))
+        strip = strip.resize((strip.width * args.zoom, strip.height * args.zoom), Image.NEAREST)
+        strip.save(args.out / f"tiny-{index}.png")
         print(f"[{index}] {timings[-1]:.1f} s  {prompt}", flush=True)
     scores = None
     if args.score:
@@ -80,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["# builtin:pyramid-tiny samples", "",
              f"Native schedule (first frame [20,20,20], later frames [10,10,10]), CFG "
              f"{pipe.schedule.guidance_scale:g} / {pipe.schedule.video_guidance_scale:g}, NFE {pipe.nfe()}; "
-             f"frames {', '.join(map(str, STRIP_FRAMES))} left to right; seed = sample index.", "",
+             f"frames {', '.join(map(str, STRIP_FRAMES))} left to right (shown {args.zoom}x, nearest); "
+             f"seed = sample index.", "",
              f"Written by `python bench/generate_tiny.py`: {torch.get_num_threads()} torch threads, "
              f"{min(timings):.1f}-{max(timings):.1f} s per 49-frame video (pipeline load {load_seconds:.1f} s).", ""]
     for index, prompt in enumerate(PROMPTS):

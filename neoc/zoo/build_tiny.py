@@ -56,7 +56,7 @@ FULL = {
     "encode_videos": 800, "encode_images": 3200,
     "norm_videos": 400,
     "psnr_toy_videos": 8, "psnr_real_windows": 2,
-    "dec_steps": 150, "dec_lr": 3e-4, "dec_ema": 0.98,
+    "dec_steps": 0, "dec_lr": 3e-4, "dec_ema": 0.98,
     "den_steps": 1200, "den_batch": 16, "den_lr": 5e-4, "den_warmup": 40, "den_ema": 0.99, "den_first_frame_prob": 0.35,
     "cfg_grid": [[7.0, 5.0], [10.0, 7.0], [14.0, 9.0]], "cfg_prompts": 8,
 }
@@ -416,6 +416,8 @@ def stage_decoder(out: Path, cfg: dict) -> dict:
     from neoc.train.loop import Trainer, TrainConfig, warmup_constant
     from neoc.train.vae_objective import VAEReconstructionObjective
 
+    if cfg["dec_steps"] == 0:  # skipped: the VAE's own decoder ships (see stage vae2)
+        return {}
     pipe = load_trained_vae(out)
     objective = VAEReconstructionObjective(pipe.components["vae_encoder"], pipe.components["vae_decoder"],
                                            freeze_encoder=True)
@@ -601,6 +603,11 @@ def stage_write(out: Path, cfg: dict, weights_dir: Path | None = None,
             stages[stage] = json.loads(marker.read_text())["wall_seconds"]
     vae = json.loads((out / "vae" / "summary.json").read_text())
     den = json.loads((out / "denoiser" / "summary.json").read_text())
+    vae2_path = out / "vae2" / "summary.json"
+    vae2 = None
+    if vae2_path.is_file():
+        vae2_summary = json.loads(vae2_path.read_text())
+        vae2 = {k: vae2_summary[k] for k in ("steps", "final_loss", "wall_seconds", "world_size")}
     dec_path = out / "decoder" / "summary.json"
     dec = None
     if dec_path.is_file():
@@ -612,7 +619,7 @@ def stage_write(out: Path, cfg: dict, weights_dir: Path | None = None,
         "settings": cfg,
         "stage_wall_seconds": stages,
         "vae": {"steps": vae["steps"], "final_loss": vae["final_loss"], "wall_seconds": vae["wall_seconds"],
-                "processes": vae["world_size"], "decoder_refinement": dec, **psnr_summary},
+                "processes": vae["world_size"], "refinement": vae2, "decoder_refinement": dec, **psnr_summary},
         "latents": {"videos": measure["videos"], "first_frames": measure["images"]},
         "denoiser": {"steps": den["steps"], "final_loss": den["final_loss"], "wall_seconds": den["wall_seconds"],
                      "processes": den["world_size"], "ema_decay": den["ema_decay"],
