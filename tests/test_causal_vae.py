@@ -88,8 +88,8 @@ def tiny() -> CausalVideoVAE:
 
 def test_tiny_param_counts():
     vae = CausalVideoVAE.from_config(TINY_VAE_CONFIG)
-    assert n_params(vae.encoder) == 1_682_912
-    assert n_params(vae.decoder) == 3_952_259
+    assert n_params(vae.encoder) == 1_253_184
+    assert n_params(vae.decoder) == 3_045_251
 
 
 def test_shapes_one_frame_and_49_frames(tiny):

@@ -18,7 +18,7 @@ def base():
 
 def test_layout_and_frame_values_by_hand(base):
     # top stage (2) of 3 latent frames: the last frame's history is frame 0 at half res, frame 1 at full res
-    assert stage_layout(base.spec, 2, 3) == [(1, 1, 8, 8), (0, 1, 16, 16)]
+    assert stage_layout(base.spec, 2, 3) == [(1, 1, 4, 4), (0, 1, 8, 8)]  # 64x64 frames -> 8x8 latents
     layout = stage_layout(base.spec, 2, 3)
     # latent frame 1: its one history frame is 1 back -> full res; the half-res slot is padding
     assert padded_frame_values(layout, 1, 2, 3)[1:] == ((0.0, 1.0, 1.0), (0.0, 0.0, 1.0))

@@ -86,7 +86,7 @@ def test_random_init_small_config_generates_the_right_shape():
     import attrs
 
     from neoc.ir.schedule import Schedule
-    from neoc.zoo.builtin import build
+    from neoc.zoo.builtin import TINY_SIZE, build
 
     pipe = build("builtin:pyramid-tiny", random_init=True)
     pipe.with_schedule(Schedule(first_frame_steps=(1, 1, 1), video_steps=(1, 1, 1), guidance_scale=1.0,
@@ -94,5 +94,5 @@ def test_random_init_small_config_generates_the_right_shape():
     pipe.spec = attrs.evolve(pipe.spec, frames=17)
     pipe.with_schedule(pipe.schedule)
     video = pipe.generate("a red circle moves left", seed=0)
-    assert video.shape == (1, 3, 17, 128, 128)  # 1 + 8(T-1) frames for T = 3 latent frames
+    assert video.shape == (1, 3, 17, TINY_SIZE, TINY_SIZE)  # 1 + 8(T-1) frames for T = 3 latent frames
     assert torch.isfinite(video).all()
