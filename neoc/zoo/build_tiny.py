@@ -509,8 +509,7 @@ def candidate_pipeline(out: Path, guidance: tuple[float, float] = (7.0, 5.0)):
     pipe = assemble(tiny_spec(norm), native_schedule(*guidance), mc.TINY_MMDIT_CONFIG, mc.TINY_VAE_CONFIG,
                     tc.TINY_T5_CONFIG, tc.TINY_CLIP_L_CONFIG, tc.TINY_CLIP_G_CONFIG,
                     prompt_encoder=PromptEncoderBundle.tiny(), source="builtin:pyramid-tiny")
-    load_roles({r: pipe.components[r] for r in ("vae_encoder", "vae_decoder")},
-               load_file(str(out / "vae" / "vae.safetensors")))
+    load_trained_vae(out, pipe)  # the refined (vae2) VAE when that stage ran: the one the latents came from
     load_trained_decoder(out, pipe)
     load_roles({r: pipe.components[r] for r in DENOISER_ROLES}, load_file(str(out / "denoiser" / "denoiser.safetensors")))
     for module in pipe.components.values():
