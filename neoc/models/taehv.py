@@ -5,7 +5,12 @@ TGrow (a 1x1 "depth-to-time" conv). Three nearest 2x upsamples give 8x space; th
 (the first one changed from 1x, as Neodragon needs for Pyramid-Flow's 8x temporal compression), so T latents
 decode to 8T frames of which the first 7 are trimmed: 1 + 8(T-1) frames, aligned with the causal VAE.
 
-Input: the pipeline's *normalised* latents (the decoder learns the normalisation); output in [-1, 1].
+Input: the pipeline's *normalised* latents; output in [-1, 1]. Pyramid-Flow normalises latent frame 0 (the image)
+with image statistics and every later frame with video statistics (component-facts.md §0). A decoder whose
+weights are shared over time should see one convention, so given ``latent_norm`` = (image_shift, image_scale,
+video_shift, video_scale) the decoder first re-expresses frame 0 in the video statistics (denormalise with the
+image constants, renormalise with the video ones — an exact per-frame affine map, identity when the two sets are
+equal); frames 1.. pass unchanged. Without ``latent_norm`` the latents are read as they come.
 """
 
 from __future__ import annotations
@@ -68,12 +73,36 @@ class Upsample2x(nn.Module):
         return y.reshape(n, t, c, 2 * h, 2 * w)
 
 
+def first_frame_affine(latent_norm) -> tuple[float, float] | None:
+    """(a, b) such that ``a * z_n + b`` maps an image-normalised latent frame to the video normalisation.
+
+    ``z = z_n / image_scale + image_shift`` and ``z_v = (z - video_shift) * video_scale``, so
+    ``a = video_scale / image_scale`` and ``b = (image_shift - video_shift) * video_scale``.
+    """
+    if latent_norm is None:
+        return None
+    image_shift, image_scale, video_shift, video_scale = (float(v) for v in latent_norm)
+    return video_scale / image_scale, (image_shift - video_shift) * video_scale
+
+
+def to_video_statistics(latents: torch.Tensor, affine: tuple[float, float] | None) -> torch.Tensor:
+    """Normalised latents [B, C, T, h, w] with frame 0 re-expressed in the video statistics (see module doc)."""
+    if affine is None or affine == (1.0, 0.0):
+        return latents
+    a, b = affine
+    return torch.cat([latents[:, :, :1] * a + b, latents[:, :, 1:]], dim=2)
+
+
 class TAEHVDecoder(nn.Module):
     """Normalised latents [B, C, T, h, w] -> frames [B, 3, 1 + 8(T-1), 8h, 8w] in [-1, 1]."""
 
     def __init__(self, latent_channels: int = 16, channels: tuple[int, ...] = (256, 128, 64, 64),
-                 blocks_per_stage: int = 3, time_upscale: tuple[bool, ...] = (True, True, True)):
+                 blocks_per_stage: int = 3, time_upscale: tuple[bool, ...] = (True, True, True),
+                 latent_norm: tuple[float, float, float, float] | None = None):
         super().__init__()
+        # plain floats (nothing in the state dict), like LatentNorm: they trace to constants
+        self.latent_norm = None if latent_norm is None else tuple(float(v) for v in latent_norm)
+        self.first_frame = first_frame_affine(self.latent_norm)
         self.latent_channels, self.channels = latent_channels, tuple(channels)
         self.blocks_per_stage, self.time_upscale = blocks_per_stage, tuple(time_upscale)
         self.t_up = 2 ** sum(time_upscale)
@@ -86,7 +115,7 @@ class TAEHVDecoder(nn.Module):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        x = 3 * torch.tanh(latents / 3)  # TAEHV's input clamp
+        x = 3 * torch.tanh(to_video_statistics(latents, self.first_frame) / 3)  # TAEHV's input clamp
         x = x.permute(0, 2, 1, 3, 4)  # [B, T, C, h, w]
         y = self.layers(x)[:, self.t_up - 1:]  # trim the startup frames: 8T - 7 = 1 + 8(T-1)
         return torch.tanh(y).permute(0, 2, 1, 3, 4)  # [B, 3, F, H, W] in [-1, 1]

@@ -134,6 +134,31 @@ register_builder("neoc.ContextAdapter", ContextAdapter,
                  lambda m: {"in_dim": m.in_dim, "out_dim": m.out_dim, "num_layers": m.num_layers})
 register_builder("neoc.TAEHVDecoder", TAEHVDecoder,
                  lambda c, device=None: _build_on(device, lambda: TAEHVDecoder(
-                     c["latent_channels"], tuple(c["channels"]), c["blocks_per_stage"], tuple(c["time_upscale"]))),
+                     c["latent_channels"], tuple(c["channels"]), c["blocks_per_stage"], tuple(c["time_upscale"]),
+                     c.get("latent_norm"))),
                  lambda m: {"latent_channels": m.latent_channels, "channels": list(m.channels),
-                            "blocks_per_stage": m.blocks_per_stage, "time_upscale": list(m.time_upscale)})
+                            "blocks_per_stage": m.blocks_per_stage, "time_upscale": list(m.time_upscale),
+                            "latent_norm": None if m.latent_norm is None else list(m.latent_norm)})
+
+# ---- swap-decoder's second decoder family (Wan-style causal 3D decoder) ---------------------------------------
+from neoc.models.wan_decoder import WanDecoder  # noqa: E402
+
+register_builder("neoc.WanDecoder", WanDecoder,
+                 lambda c, device=None: _build_on(device, lambda: WanDecoder(
+                     c["latent_channels"], tuple(c["channels"]), c["blocks_per_stage"], tuple(c["time_upscale"]),
+                     c.get("latent_norm"))),
+                 lambda m: {"latent_channels": m.latent_channels, "channels": list(m.channels),
+                            "blocks_per_stage": m.blocks_per_stage, "time_upscale": list(m.time_upscale),
+                            "latent_norm": None if m.latent_norm is None else list(m.latent_norm)})
+
+# ---- end-to-end components of distill-steps (Neodragon §4): QuickSRNet upsampler, first-frame generator ----------
+from neoc.models.quicksrnet import VideoUpsampler, build_upsampler, describe_upsampler  # noqa: E402
+
+register_builder("neoc.QuickSRNet", VideoUpsampler, build_upsampler, describe_upsampler)
+
+from neoc.models.first_frame import (SDXLFirstFrame, TeacherFirstFrame, build_sdxl_first_frame,  # noqa: E402
+                                     build_teacher_first_frame, describe_sdxl_first_frame,
+                                     describe_teacher_first_frame)
+
+register_builder("neoc.TeacherFirstFrame", TeacherFirstFrame, build_teacher_first_frame, describe_teacher_first_frame)
+register_builder("neoc.SDXLFirstFrame", SDXLFirstFrame, build_sdxl_first_frame, describe_sdxl_first_frame)
