@@ -262,7 +262,9 @@ def write_mp4(pipe, teacher, out: Path, args) -> list[str]:
     try:
         for i, prompt in enumerate(args.mp4):
             video = e2e.generate(pipe, prompt, args.seed + i, upsample=True)[0]  # [3, F, H, W]
-            frames = float_to_uint8(video).permute(1, 2, 3, 0)  # [F, H, W, 3]
+            frames = float_to_uint8(video)
+            if frames.shape[-1] != 3:  # [3, F, H, W] -> [F, H, W, 3]
+                frames = frames.permute(1, 2, 3, 0)
             path = out / f"e2e-{i}.mp4"
             write(frames, path, fps=pipe.spec.fps)
             paths.append(str(path))

@@ -24,6 +24,11 @@ from neoc.errors import CheckFailed
 from neoc.targets.hexagon import qnn
 from neoc.targets.hexagon.legalize import GraphIndex, infer_shapes
 
+#: QuantizeLinear/DequantizeLinear of a QDQ graph: the EP folds them into the quantised node unit of the op they
+#: surround, so they are not probed one by one (a lone Q/DQ is a graph-boundary Q/DQ, which the EP declines); the
+#: compile itself, with CPU fallback disabled, checks them in place.
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
 #: op type -> fix, for ops the HTP backend is known to refuse
 OP_FIXES = {
     "Erf": "exact GELU: export at opset >= 20 so it becomes a Gelu op, or use the tanh GELU approximation",
@@ -241,6 +246,8 @@ def support_report(model: onnx.ModelProto, graph_name: str, soc: str, work_dir: 
     for node in model.graph.node:
         if node.op_type == "Constant" or all(index.constant(n) is not None for n in node.input if n):
             continue  # constant subgraphs are folded by onnxruntime before the EP sees the graph
+        if node.op_type in QDQ_OPS:
+            continue  # validated with the node unit they belong to; alone they would be graph boundary Q/DQ
         groups[f"{node.op_type} {node_signature(node, index)}"].append(node)
     reps = [nodes[0] for nodes in groups.values()]
     supported, reasons = _ask(model, index, reps, soc, work_dir, "all")
