@@ -23,6 +23,22 @@ from neoc.models.lora import LoRALinear, add_lora, lora_parameters, merge_lora
 from neoc.pass_api import PassContext
 from neoc.passes import replace_text_encoder as rte
 
+
+def _real_prompt_sets() -> set[str]:
+    """The pass also scores the real prompt corpus's eval split when the shared data is there (a fresh clone on
+    another machine may not have ../shared/data)."""
+    from neoc.data.prompts import load_prompt_corpus
+    from neoc.errors import InputError
+
+    try:
+        load_prompt_corpus(None, "eval")
+    except InputError:
+        return set()
+    return {"real_eval"}
+
+
+REAL_SETS = _real_prompt_sets()
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(steps=3, dt5_steps=2, batch_size=4, toy_pool=32, eval_prompts=4, checkpoint_every=0, quality_videos=0)
 
@@ -150,7 +166,7 @@ def test_modes_rewrite_the_ir(tiny, tmp_path, mode, has_ce, has_ca):
     m = result.metrics
     assert m["mode"] == mode and m["params_after"] < m["params_before"] == 1_712_576 + 24_704
     assert -1.0 <= m["cosine_similarity"] <= 1.0 and m["mse"] >= 0
-    assert set(m["eval_sets"]) == {"toy_eval", "real_eval"} and m["world_size"] == 1
+    assert set(m["eval_sets"]) == {"toy_eval"} | REAL_SETS and m["world_size"] == 1
     assert m["train"][f"context_{mode}"]["steps"] == 3 and m["train"]["distil_t5"]["steps"] == 2
     assert "quality_note" in m  # random weights: no quality numbers
     tensors = load_file(result.artifacts["student"])
@@ -173,7 +189,7 @@ def test_run_folder_round_trip_and_metrics_on_eval_prompts(tiny, tmp_path):
     pipe = tiny.clone()
     result, _ = rte.ReplaceTextEncoder(rte.ReplaceTextEncoderConfig(**FAST)).apply(pipe, ctx)
     m = result.metrics
-    assert m["evaluated_on"] == ["eval.prompts"] and set(m["eval_sets"]) == {"eval.prompts", "toy_eval", "real_eval"}
+    assert m["evaluated_on"] == ["eval.prompts"] and set(m["eval_sets"]) == {"eval.prompts", "toy_eval"} | REAL_SETS
     assert m["eval_sets"]["eval.prompts"]["prompts"] == 2
     assert m["cosine_similarity"] == m["eval_sets"]["eval.prompts"]["cosine_similarity"]  # the headline: the file
     loaded = load_pipeline(save_pipeline(result.pipeline, tmp_path / "pipeline"))
