@@ -6,7 +6,8 @@ judges every compression pass with the probe in ``neoc.eval`` (VBench-shaped, co
 A clip shows ONE shape (circle, square, triangle, star) of one colour moving one way (left, right,
 up, down, grow, shrink, rotate, still) over a background (solid colour, two-colour gradient, or a real
 texture crop cut from the bundled clips and tinted by the background colour). Videos are fixed by
-the toy-world contract: 49 frames, 128x128, RGB.
+the toy-world contract: 49 frames, RGB, geometry in 128x128 units; rendered at any square size
+(``frame_size``: the tiny pipeline uses 64x64, ``neoc.zoo.builtin.TINY_SIZE``).
 
 Rendering is analytic: every frame is a signed-distance field of the shape evaluated on the pixel
 grid (all 49 frames at once, torch-vectorised), turned into 1-pixel anti-aliased coverage and
