@@ -589,7 +589,7 @@ def stage_cfg(out: Path, cfg: dict) -> dict:
 # ---- stage 8: write the shipped files -------------------------------------------------------------------------
 def stage_write(out: Path, cfg: dict, weights_dir: Path | None = None,
                 command: str = "python -m neoc.zoo.build_tiny --ship") -> dict:
-    from neoc.zoo.builtin import TINY_META, TINY_WEIGHTS, save_role_weights
+    from neoc.zoo.builtin import TINY_META, TINY_VAE_WEIGHTS, TINY_WEIGHTS, VAE_ROLES, save_role_weights
 
     cfg_result = json.loads((out / "cfg.json").read_text()) if (out / "cfg.json").is_file() else {"chosen": [7.0, 5.0]}
     guidance = tuple(cfg_result["chosen"])
@@ -629,7 +629,10 @@ def stage_write(out: Path, cfg: dict, weights_dir: Path | None = None,
     meta = {"latent_norm": measure["latent_norm"], "guidance": list(guidance), "training": training}
     target = weights_dir or (out / "weights")
     weights_path = target / TINY_WEIGHTS.name
-    save_role_weights(pipe, weights_path, {"latent_norm": meta["latent_norm"], "guidance": meta["guidance"]})
+    header = {"latent_norm": meta["latent_norm"], "guidance": meta["guidance"]}
+    # two files, each well under 20 MB: text side + denoiser, and the VAE
+    save_role_weights(pipe, weights_path, header, roles=tuple(r for r in pipe.components if r not in VAE_ROLES))
+    save_role_weights(pipe, target / TINY_VAE_WEIGHTS.name, header, roles=VAE_ROLES)
     (target / TINY_META.name).write_text(json.dumps(meta, indent=1))
     print(f"[write] {weights_path} ({weights_path.stat().st_size / 1e6:.1f} MB), {target / TINY_META.name}", flush=True)
     return meta

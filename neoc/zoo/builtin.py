@@ -17,7 +17,9 @@ from neoc.zoo import model_configs as mc
 from neoc.zoo import text_configs as tc
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-TINY_WEIGHTS = WEIGHTS_DIR / "pyramid-tiny.safetensors"
+TINY_WEIGHTS = WEIGHTS_DIR / "pyramid-tiny.safetensors"          # text side + denoiser
+TINY_VAE_WEIGHTS = WEIGHTS_DIR / "pyramid-tiny-vae.safetensors"  # VAE encoder + decoder
+VAE_ROLES = ("vae_encoder", "vae_decoder")
 TINY_META = WEIGHTS_DIR / "pyramid-tiny.json"
 REBUILD_HINT = "python -m neoc.zoo.build_tiny"
 
@@ -77,8 +79,9 @@ def build_tiny(device: str = "cpu", random_init: bool = False) -> Pipeline:
     from neoc.models.text_encoders import PromptEncoderBundle
 
     meta = {} if random_init else tiny_metadata()
-    if not random_init and device != "meta" and not TINY_WEIGHTS.is_file():
-        raise InputError(f"builtin:pyramid-tiny: shipped weights not found ({TINY_WEIGHTS}); rebuild them with "
+    missing = [p for p in (TINY_WEIGHTS, TINY_VAE_WEIGHTS) if not p.is_file()]
+    if not random_init and device != "meta" and missing:
+        raise InputError(f"builtin:pyramid-tiny: shipped weights not found ({missing[0]}); rebuild them with "
                          f"`{REBUILD_HINT}` or pass --random-init")
     norm = tuple(meta.get("latent_norm", DEFAULT_TINY_NORM))
     schedule = native_schedule(*meta.get("guidance", (7.0, 5.0)))
@@ -89,8 +92,8 @@ def build_tiny(device: str = "cpu", random_init: bool = False) -> Pipeline:
         if random_init:
             pipe.source = "builtin:pyramid-tiny (random init)"
         return pipe
-    load_role_weights(pipe, TINY_WEIGHTS)
-    pipe.info["weights"] = {"file": TINY_WEIGHTS.name, "training": meta.get("training", {})}
+    load_role_weights(pipe, [TINY_WEIGHTS, TINY_VAE_WEIGHTS])
+    pipe.info["weights"] = {"files": [TINY_WEIGHTS.name, TINY_VAE_WEIGHTS.name], "training": meta.get("training", {})}
     return pipe
 
 
@@ -111,10 +114,13 @@ def build(source: str, device: str = "cpu", random_init: bool = False) -> Pipeli
     raise InputError(f"unknown builtin model source '{source}'")
 
 
-# ---- shipped weights: one safetensors file, tensors prefixed by component role ---------------------------------
-def role_state(pipe: Pipeline, dtype: torch.dtype | None = torch.float16) -> dict[str, torch.Tensor]:
+# ---- shipped weights: safetensors files, tensors prefixed by component role -------------------------------------
+def role_state(pipe: Pipeline, dtype: torch.dtype | None = torch.float16,
+               roles: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
     out = {}
     for role, module in pipe.components.items():
+        if roles is not None and role not in roles:
+            continue
         for key, value in module.state_dict().items():
             t = value.detach().cpu().contiguous()
             if dtype is not None and t.is_floating_point():
@@ -124,15 +130,22 @@ def role_state(pipe: Pipeline, dtype: torch.dtype | None = torch.float16) -> dic
 
 
 def save_role_weights(pipe: Pipeline, path: Path, metadata: dict | None = None,
-                      dtype: torch.dtype | None = torch.float16) -> None:
+                      dtype: torch.dtype | None = torch.float16, roles: tuple[str, ...] | None = None) -> None:
+    """Write the components named in ``roles`` (all when None) to one safetensors file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(role_state(pipe, dtype), str(path), metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
+    save_file(role_state(pipe, dtype, roles), str(path),
+              metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
 
 
-def load_role_weights(pipe: Pipeline, path: Path) -> None:
+def load_role_weights(pipe: Pipeline, paths: Path | list[Path]) -> None:
+    """Load role-prefixed weights from one file or several (their union must cover every component)."""
     from neoc.models.checkpoint import load_state_dict_strict
 
-    state = load_file(str(path))
+    paths = [paths] if isinstance(paths, Path) else list(paths)
+    path = paths[0]
+    state = {}
+    for part in paths:
+        state.update(load_file(str(part)))
     for role, module in pipe.components.items():
         prefix = f"{role}."
         sub = {k[len(prefix):]: v.float() if v.is_floating_point() else v for k, v in state.items()
