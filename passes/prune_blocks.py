@@ -55,10 +55,9 @@ from pathlib import Path
 from typing import Literal
 
 import attrs
-import torch
 
 from neoc.config import in_range
-from neoc.errors import CheckFailed, NeocError
+from neoc.errors import CheckFailed
 from neoc.pass_api import Pass, PassContext, PassResult
 from neoc.prune.surgery import remove_blocks  # noqa: F401  (re-exported: the analysis tests import it from here)
 from neoc.registry import register_pass
@@ -478,55 +477,9 @@ def measure_scores(pipeline, cfg: PruneBlocksConfig, seed: int, ctx: PassContext
 # ---- standalone entry point (one process or torchrun) ---------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """Run this pass alone on a model source; rank 0 writes ``OUT/pipeline`` and ``OUT/metrics.json``."""
-    import argparse
-    import logging
+    from neoc.pass_main import standalone_main
 
-    import yaml
-
-    from neoc import sources
-    from neoc.config import build_config
-    from neoc.ir.runfolder import save_pipeline
-    from neoc.train import distributed as dist_utils
-
-    parser = argparse.ArgumentParser(prog="python -m neoc.passes.prune_blocks",
-                                     description="Run the prune-blocks pass alone (torchrun-ready).")
-    parser.add_argument("--model", required=True, help="model source (builtin:..., a released folder, a run)")
-    parser.add_argument("--random-init", action="store_true", help="random weights (builtin sources)")
-    parser.add_argument("--out", required=True, type=Path, help="output folder (scores and checkpoints resume here)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="a pass parameter, e.g. --set keep=6 (repeatable)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
-    parser.add_argument("--no-pipeline", action="store_true", help="write only metrics.json (no pipeline folder)")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    params = {}
-    for item in args.sets:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set {item!r}: expected KEY=VALUE")
-        params[key] = yaml.safe_load(value)
-    info = dist_utils.init_distributed()
-    try:
-        config = build_config(PruneBlocksConfig, params, "--set")
-        pipeline = sources.load_source(args.model, random_init=args.random_init)
-        ctx = PassContext(seed=args.seed, work_dir=args.out / "artifacts", quiet=not info.is_main)
-        result, seconds = PruneBlocks(config).apply(pipeline, ctx)
-        if info.is_main:
-            if not args.no_pipeline:
-                save_pipeline(result.pipeline, args.out / "pipeline")
-            (args.out / "metrics.json").write_text(json.dumps({"seconds": seconds, **result.metrics}, indent=2,
-                                                              default=str))
-            print(json.dumps({k: result.metrics.get(k) for k in
-                              ("params_before", "params_after", "removed_blocks", "quality_total", "validation")},
-                             default=str))
-    except NeocError as exc:
-        print(f"error: {exc}")
-        return exc.exit_code
-    finally:
-        dist_utils.cleanup()
-    return 0
+    return standalone_main(PruneBlocks, PruneBlocksConfig, "neoc.passes.prune_blocks", ('params_before', 'params_after', 'removed_blocks', 'quality_total', 'validation'), argv, eval_option=None)
 
 
 __all__ = ["PruneBlocks", "PruneBlocksConfig", "analysis_blocks", "remove_blocks", "measure_scores",

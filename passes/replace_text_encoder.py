@@ -79,7 +79,7 @@ import torch
 from torch import nn
 
 from neoc.config import config_to_dict, in_range
-from neoc.errors import CheckFailed, InputError, NeocError
+from neoc.errors import CheckFailed, InputError
 from neoc.pass_api import Pass, PassContext, PassResult
 from neoc.registry import register_pass
 
@@ -798,53 +798,6 @@ def _pool_agreement(results) -> dict[str, float]:
 # ---- standalone entry point (one process or torchrun) ---------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """Run this pass alone on a model source; rank 0 writes ``OUT/pipeline`` and ``OUT/metrics.json``."""
-    import argparse
-    import logging
+    from neoc.pass_main import standalone_main
 
-    import yaml
-
-    from neoc import sources
-    from neoc.config import build_config
-    from neoc.ir.runfolder import save_pipeline
-    from neoc.pass_api import EvalData
-    from neoc.train import distributed as dist_utils
-
-    parser = argparse.ArgumentParser(prog="python -m neoc.passes.replace_text_encoder",
-                                     description="Run the replace-text-encoder pass alone (torchrun-ready).")
-    parser.add_argument("--model", required=True, help="model source (builtin:..., a released folder, a run)")
-    parser.add_argument("--random-init", action="store_true", help="random weights (builtin sources)")
-    parser.add_argument("--out", required=True, type=Path, help="output folder (training checkpoints resume here)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--prompts", type=Path, default=None, help="evaluation prompts (one per line)")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="a pass parameter, e.g. --set mode=EM (repeatable)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    params = {}
-    for item in args.sets:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set {item!r}: expected KEY=VALUE")
-        params[key] = yaml.safe_load(value)
-    info = dist_utils.init_distributed()
-    try:
-        config = build_config(ReplaceTextEncoderConfig, params, "--set")
-        torch.manual_seed(args.seed)  # --random-init: every rank must build the same teacher
-        pipeline = sources.load_source(args.model, random_init=args.random_init)
-        ctx = PassContext(seed=args.seed, work_dir=args.out / "artifacts", eval=EvalData(prompts=args.prompts),
-                          quiet=not info.is_main)
-        result, seconds = ReplaceTextEncoder(config).apply(pipeline, ctx)
-        if info.is_main:
-            save_pipeline(result.pipeline, args.out / "pipeline")
-            (args.out / "metrics.json").write_text(json.dumps({"seconds": seconds, **result.metrics}, indent=2,
-                                                              default=str))
-            print(json.dumps({k: result.metrics[k] for k in
-                              ("mode", "params_before", "params_after", "cosine_similarity", "mse", "world_size")}))
-    except NeocError as exc:
-        print(f"error: {exc}")
-        return exc.exit_code
-    finally:
-        dist_utils.cleanup()
-    return 0
+    return standalone_main(ReplaceTextEncoder, ReplaceTextEncoderConfig, "neoc.passes.replace_text_encoder", ('mode', 'params_before', 'params_after', 'cosine_similarity', 'mse', 'world_size'), argv, eval_option="prompts", seed_before_load=True)

@@ -78,7 +78,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from neoc.config import ConfigValueError, config_to_dict, in_range
-from neoc.errors import CheckFailed, InputError, NeocError
+from neoc.errors import CheckFailed, InputError
 from neoc.pass_api import Pass, PassContext, PassResult
 from neoc.registry import register_pass
 
@@ -745,55 +745,6 @@ class SwapDecoder(Pass):
 # ---- standalone entry point (one process or torchrun) ---------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """Run this pass alone on a model source; rank 0 writes ``OUT/pipeline`` and ``OUT/metrics.json``."""
-    import argparse
-    import logging
+    from neoc.pass_main import standalone_main
 
-    import yaml
-
-    from neoc import sources
-    from neoc.config import build_config
-    from neoc.ir.runfolder import save_pipeline
-    from neoc.pass_api import EvalData
-    from neoc.train import distributed as dist_utils
-
-    parser = argparse.ArgumentParser(prog="python -m neoc.passes.swap_decoder",
-                                     description="Run the swap-decoder pass alone (torchrun-ready).")
-    parser.add_argument("--model", required=True, help="model source (builtin:..., a released folder, a run)")
-    parser.add_argument("--random-init", action="store_true", help="random weights (builtin sources)")
-    parser.add_argument("--out", required=True, type=Path, help="output folder (training checkpoints resume here)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--videos", type=Path, default=None, help="evaluation clips folder (eval.videos)")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="a pass parameter, e.g. --set family=wan (repeatable)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
-    parser.add_argument("--no-pipeline", action="store_true", help="write only metrics.json (no pipeline folder)")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    params = {}
-    for item in args.sets:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set {item!r}: expected KEY=VALUE")
-        params[key] = yaml.safe_load(value)
-    info = dist_utils.init_distributed()
-    try:
-        config = build_config(SwapDecoderConfig, params, "--set")
-        pipeline = sources.load_source(args.model, random_init=args.random_init)
-        ctx = PassContext(seed=args.seed, work_dir=args.out / "artifacts", eval=EvalData(videos=args.videos),
-                          quiet=not info.is_main)
-        result, seconds = SwapDecoder(config).apply(pipeline, ctx)
-        if info.is_main:
-            if not args.no_pipeline:
-                save_pipeline(result.pipeline, args.out / "pipeline")
-            (args.out / "metrics.json").write_text(json.dumps({"seconds": seconds, **result.metrics}, indent=2,
-                                                              default=str))
-            print(json.dumps({k: result.metrics[k] for k in
-                              ("family", "params_before", "params_after", "psnr_native_db", "psnr_new_db",
-                               "lpips_new", "decode_latency_native_s", "decode_latency_new_s")}))
-    except NeocError as exc:
-        print(f"error: {exc}")
-        return exc.exit_code
-    finally:
-        dist_utils.cleanup()
-    return 0
+    return standalone_main(SwapDecoder, SwapDecoderConfig, "neoc.passes.swap_decoder", ('family', 'params_before', 'params_after', 'psnr_native_db', 'psnr_new_db', 'lpips_new', 'decode_latency_native_s', 'decode_latency_new_s'), argv, eval_option="videos")
