@@ -109,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     from neoc import sources
     from neoc.config import build_config, config_to_dict
     from neoc.pass_api import EvalData, PassContext
+    from neoc.eval.pipeline_quality import quality_skip_reason
     from neoc.passes.replace_text_encoder import (ReplaceTextEncoder, ReplaceTextEncoderConfig, _quality,
-                                                  quality_skip_reason, text_side_params)
+                                                  text_side_params)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     log = logging.getLogger("neoc")
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     extras = {}
     settings = {**run_settings, **parse_sets(args.sets)}  # the run's pass settings, then --set
     probe = build_config(ReplaceTextEncoderConfig, {**settings, "quality_videos": args.videos}, "--set")
-    reason = quality_skip_reason(base, probe)
+    reason = quality_skip_reason(base, probe.quality_videos)
     teacher_quality = None
     if reason is None and run_baseline and run_baseline.get("num_videos") == args.videos \
             and run_baseline.get("seed") == args.seed:

@@ -38,6 +38,7 @@ from neoc.config import in_range
 from neoc.errors import CheckFailed
 from neoc.pass_api import Pass, PassResult
 from neoc.registry import register_pass
+from neoc.eval.pipeline_quality import quality_skip_reason
 
 PROFILE_DEFAULTS = {"tiny": {"lr": 1e-4, "fake_lr": 1e-4, "batch_size": 4},
                     "real": {"lr": 5e-6, "fake_lr": 5e-6, "batch_size": 1}}
@@ -94,20 +95,6 @@ def student_schedule(schedule, name: str):
     return make(schedule, name)
 
 
-def _quality_skip_reason(pipeline, cfg: DistillStepsConfig) -> str | None:
-    from neoc.eval.probe import probe_available
-
-    if cfg.quality_videos == 0:
-        return "quality_videos is 0"
-    if pipeline.spec.name != "pyramid-tiny":
-        return f"the toy-world instrument scores pipelines derived from builtin:pyramid-tiny, not {pipeline.spec.name}"
-    if "random init" in pipeline.source or "weights" not in pipeline.info:
-        return "randomly initialised pipeline (no trained weights): quality would not mean anything"
-    if not probe_available():
-        return "quality probe weights missing"
-    return None
-
-
 @register_pass
 class DistillSteps(Pass):
     name = "distill-steps"
@@ -152,7 +139,7 @@ class DistillSteps(Pass):
         settings = self.settings(ctx)
         nfe_before = pipeline.nfe()
         base_schedule = pipeline.schedule
-        skip = _quality_skip_reason(pipeline, cfg)
+        skip = quality_skip_reason(pipeline, cfg.quality_videos)
         quality_teacher = None
         if skip is None:
             pipeline.with_schedule(teacher_schedule(base_schedule, cfg.schedule))

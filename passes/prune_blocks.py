@@ -61,6 +61,7 @@ from neoc.errors import CheckFailed
 from neoc.pass_api import Pass, PassContext, PassResult
 from neoc.prune.surgery import remove_blocks  # noqa: F401  (re-exported: the analysis tests import it from here)
 from neoc.registry import register_pass
+from neoc.eval.pipeline_quality import quality_skip_reason
 
 
 def _help(text: str) -> dict:
@@ -123,20 +124,6 @@ def analysis_blocks(num_layers: int, keep: int) -> list[int]:
     final block. Every non-final block has the same size, so counts do not depend on this choice."""
     drop = num_layers - keep
     return list(range(num_layers - 1 - drop, num_layers - 1))
-
-
-def quality_skip_reason(pipeline, num_videos: int) -> str | None:
-    from neoc.eval.probe import probe_available
-
-    if num_videos == 0:
-        return "quality_videos is 0"
-    if pipeline.spec.name != "pyramid-tiny":
-        return f"the toy-world instrument scores pipelines derived from builtin:pyramid-tiny, not {pipeline.spec.name}"
-    if "random init" in pipeline.source or "weights" not in pipeline.info:
-        return "randomly initialised pipeline (no trained weights): quality would not mean anything"
-    if not probe_available():
-        return "quality probe weights missing"
-    return None
 
 
 def _hash(*parts) -> str:

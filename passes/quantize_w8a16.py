@@ -82,6 +82,7 @@ from neoc.config import in_range
 from neoc.errors import CheckFailed
 from neoc.pass_api import Pass, PassResult
 from neoc.registry import register_pass
+from neoc.eval.pipeline_quality import quality_skip_reason
 
 ALL_OTHERS = ("replace-text-encoder", "swap-decoder", "prune-blocks", "distill-steps", "static-shape",
               "precompute-inputs", "rope-rank-reduction", "mask-value", "t5-fp16-rescale")
@@ -186,20 +187,6 @@ def _calls_for(entry: GraphPlan, calls: dict) -> list:
     return [c for c in recorded if c.stage == entry.stage]
 
 
-def _quality_skip_reason(pipeline, cfg: QuantizeW8A16Config) -> str | None:
-    from neoc.eval.probe import probe_available
-
-    if cfg.quality_videos == 0:
-        return "quality_videos is 0"
-    if pipeline.spec.name != "pyramid-tiny":
-        return f"the toy-world instrument scores pipelines derived from builtin:pyramid-tiny, not {pipeline.spec.name}"
-    if "random init" in pipeline.source or "weights" not in pipeline.info:
-        return "randomly initialised pipeline (no trained weights): quality would not mean anything"
-    if not probe_available():
-        return "quality probe weights missing"
-    return None
-
-
 def _run_folder_path(path: Path, ctx) -> str:
     """``path`` relative to the run folder when the pass runs under a PassManager, else absolute."""
     work = Path(ctx.work_dir).resolve()
@@ -298,7 +285,7 @@ class QuantizeW8A16(Pass):
                    "fp16_components": [p.name for p in plan if p.scheme == "FP16"],
                    "settings": settings.as_dict(), "reload_max_abs_diff": reload_diff}
 
-        reason = _quality_skip_reason(pipeline, cfg)
+        reason = quality_skip_reason(pipeline, cfg.quality_videos)
         if reason is not None:
             metrics["quality_note"] = f"skipped: {reason}"
         else:

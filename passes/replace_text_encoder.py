@@ -82,6 +82,7 @@ from neoc.config import config_to_dict, in_range
 from neoc.errors import CheckFailed, InputError
 from neoc.pass_api import Pass, PassContext, PassResult
 from neoc.registry import register_pass
+from neoc.eval.pipeline_quality import quality_skip_reason
 
 REAL_SCALE_WIDTH = 4096  # a teacher this wide gets the T5 v1.1-base-class DT5 (DistillT5 shape)
 TEXT_SIDE_ROLES = ("text_encoder", "context_embedder", "context_adapter")
@@ -534,21 +535,6 @@ def _ranks_agree(modules: list[nn.Module]) -> bool:
     return all(bool(torch.equal(g, checksum)) for g in gathered)
 
 
-def quality_skip_reason(pipeline, config: ReplaceTextEncoderConfig) -> str | None:
-    """Why toy-world quality is not measured for ``pipeline`` (None: it is)."""
-    from neoc.eval.probe import probe_available
-
-    if config.quality_videos == 0:
-        return "quality_videos is 0"
-    if pipeline.spec.name != "pyramid-tiny":
-        return f"the toy-world instrument scores pipelines derived from builtin:pyramid-tiny, not {pipeline.spec.name}"
-    if "random init" in pipeline.source or "weights" not in pipeline.info:
-        return "randomly initialised pipeline (no trained weights)"
-    if not probe_available():
-        return "quality probe weights missing"
-    return None
-
-
 def _quality(pipeline, num: int, seed: int, quiet: bool) -> dict:
     from neoc.eval.pipeline_quality import evaluate_pipeline
 
@@ -705,7 +691,7 @@ class ReplaceTextEncoder(Pass):
         params_before = text_side_params(pipeline)
         data = DistillationData.prepare(pipeline, ctx, cfg)
 
-        quality_reason = quality_skip_reason(pipeline, cfg)
+        quality_reason = quality_skip_reason(pipeline, cfg.quality_videos)
         quality_before = self._quality_before(pipeline, ctx) if quality_reason is None and info.is_main else None
 
         teacher.to(info.device)

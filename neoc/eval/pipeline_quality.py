@@ -33,6 +33,21 @@ def eval_prompts(num: int, seed: int = 0, prompts_file: str | Path | None = None
     return out
 
 
+def quality_skip_reason(pipeline, num_videos: int) -> str | None:
+    """Why a pass does not score toy-world quality for ``pipeline`` (None: it does)."""
+    from neoc.eval.probe import probe_available
+
+    if num_videos == 0:
+        return "quality_videos is 0"
+    if pipeline.spec.name != "pyramid-tiny":
+        return f"the toy-world instrument scores pipelines derived from builtin:pyramid-tiny, not {pipeline.spec.name}"
+    if "random init" in pipeline.source or "weights" not in pipeline.info:
+        return "randomly initialised pipeline (no trained weights): quality would not mean anything"
+    if not probe_available():
+        return "quality probe weights missing"
+    return None
+
+
 @torch.no_grad()
 def generate_videos(pipeline, prompts: list[str], seed: int = 0, quiet: bool = False) -> torch.Tensor:
     videos = []
