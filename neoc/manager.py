@@ -48,11 +48,15 @@ class PassRecord:
     cached: bool = False
     artifacts: dict = attrs.field(factory=dict)
     error: str | None = None
+    cpu_seconds: float | None = None  # process CPU time (all threads): the pass's cost on a loaded machine
+    reason: str | None = None  # why a pass was skipped (e.g. its preconditions refused this pipeline)
 
     def to_report(self) -> dict[str, Any]:
         return {"name": self.name, "status": self.status, "seconds": round(self.seconds, 3),
                 "metrics": self.metrics, "config": self.config, "cached": self.cached,
-                "artifacts": self.artifacts, **({"error": self.error} if self.error else {})}
+                **({"cpu_seconds": round(self.cpu_seconds, 3)} if self.cpu_seconds is not None else {}),
+                "artifacts": self.artifacts, **({"error": self.error} if self.error else {}),
+                **({"reason": self.reason} if self.reason else {})}
 
     def lineage(self) -> dict[str, Any]:
         return {"pass": self.name, "config_hash": self.config_hash, "input": self.input_hash,
@@ -62,7 +66,8 @@ class PassRecord:
 class PassManager:
     def __init__(self, entries: list[PassEntry] | tuple[PassEntry, ...], run_dir: Path, seed: int = 0,
                  eval_data: EvalData | None = None, profile: str = "tiny", quiet: bool = False,
-                 resume: bool = False, on_record: Callable[[PassRecord], None] | None = None):
+                 resume: bool = False, on_record: Callable[[PassRecord], None] | None = None,
+                 on_refuse: str = "fail"):
         self.entries = list(entries)
         validate_order([e.name for e in self.entries])  # before anything runs
         self.run_dir = Path(run_dir)
@@ -72,6 +77,7 @@ class PassManager:
         self.quiet = quiet
         self.resume = resume
         self.on_record = on_record
+        self.on_refuse = on_refuse  # "skip": a pass whose preconditions fail is recorded as skipped, not raised
         self.records: list[PassRecord] = []
         self.extras: dict = {}
 
@@ -117,6 +123,17 @@ class PassManager:
             log.info("pass %s: running (%s)", entry.name, json.dumps(config_to_dict(entry.config)))
             instance = cls(entry.config)
             start = time.perf_counter()
+            cpu_start = time.process_time()
+            if self.on_refuse == "skip":
+                try:
+                    instance.check_preconditions(pipeline, ctx)
+                except CheckFailed as exc:
+                    log.info("pass %s: refused (%s); skipped", entry.name, exc)
+                    record = PassRecord(entry.name, "skipped", time.perf_counter() - start,
+                                        {"refused": str(exc)}, config_to_dict(entry.config), cfg_hash, input_hash,
+                                        input_hash, key, reason=f"preconditions do not hold: {exc}")
+                    self._record(record)
+                    continue
             try:
                 result, seconds = instance.apply(pipeline, ctx)
             except NeocError as exc:
@@ -141,7 +158,7 @@ class PassManager:
                          for k, v in result.artifacts.items()}
             record = PassRecord(entry.name, "done" if result.modified else "skipped", seconds, result.metrics,
                                 config_to_dict(entry.config), cfg_hash, input_hash, output_hash, key,
-                                artifacts=artifacts)
+                                artifacts=artifacts, cpu_seconds=time.process_time() - cpu_start)
             save_pipeline(pipeline, folder / "pipeline")
             _write_json_atomic(folder / "pass.json", {**record.to_report(), "cache_key": key,
                                                       "input_hash": input_hash, "output_hash": output_hash})

@@ -9,6 +9,8 @@ Schema (CONTRACT "Recipe files"), plus ``profiles``::
     seed: 0                           # optional, default 0
     profile: auto                     # optional: auto | <a key of profiles>
     eval: {prompts: FILE, videos: DIR}
+    on_refuse: fail                   # optional: fail | skip (a pass whose preconditions do not hold is
+                                      # recorded as "skipped" with its reason and the run goes on)
     passes: [{name: ..., <param>: ...}, ...]
     target: {name: hexagon, <param>: ...}
     profiles:                         # optional: named sets of --set style overrides
@@ -35,7 +37,8 @@ from neoc import registry
 from neoc.config import build_config, config_hash, config_to_dict, suggest
 from neoc.errors import InputError, PassNotImplemented
 
-TOP_LEVEL_KEYS = ("model", "seed", "profile", "eval", "passes", "target", "profiles")
+TOP_LEVEL_KEYS = ("model", "seed", "profile", "eval", "on_refuse", "passes", "target", "profiles")
+ON_REFUSE = ("fail", "skip")
 EVAL_KEYS = ("prompts", "videos", "num_videos")
 DEFAULT_EVAL_VIDEOS = 4  # toy-world quality: videos generated per measurement (before/after each pass)
 DEFAULT_MODEL = "builtin:pyramid-tiny"
@@ -175,6 +178,9 @@ class Recipe:
     target: TargetEntry | None
     raw: dict = attrs.field(eq=False, repr=False)
     eval_num_videos: int = DEFAULT_EVAL_VIDEOS
+    #: a pass whose preconditions do not hold: ``fail`` the run (exit 1) or ``skip`` it (status "skipped",
+    #: the reason in the report) and go on with the unchanged pipeline
+    on_refuse: str = "fail"
 
     def where(self, key: str) -> str:
         """Where a top-level value came from: ``recipe.yaml:3``, ``--model``, ``--set seed`` or the file name."""
@@ -188,6 +194,7 @@ class Recipe:
 
     def to_dict(self) -> dict:
         return {"recipe": self.path, "model": self.model, "seed": self.seed, "profile": self.profile,
+                "on_refuse": self.on_refuse,
                 "eval": {"prompts": str(self.eval_prompts) if self.eval_prompts else None,
                          "videos": str(self.eval_videos) if self.eval_videos else None,
                          "num_videos": self.eval_num_videos},
@@ -402,6 +409,11 @@ def load_recipe(path: str | Path, model: str | None = None, overrides: list[str]
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise InputError(f"{_loc(filename, data, 'seed')}: 'seed' must be a non-negative integer, got {seed!r}")
 
+    on_refuse = data.get("on_refuse", "fail")
+    if on_refuse not in ON_REFUSE:
+        raise InputError(f"{_loc(filename, data, 'on_refuse')}: 'on_refuse' must be one of "
+                         f"{', '.join(ON_REFUSE)}, got {on_refuse!r}")
+
     eval_section = data.get("eval") or {}
     if not isinstance(eval_section, dict):
         raise InputError(f"{_loc(filename, data, 'eval')}: 'eval' must be a mapping with prompts/videos, "
@@ -476,7 +488,7 @@ def load_recipe(path: str | Path, model: str | None = None, overrides: list[str]
 
     return Recipe(path=filename, model=model_src, seed=seed, profile=profile_name, eval_prompts=paths["prompts"],
                   eval_videos=paths["videos"], passes=tuple(entries), target=target, raw=data,
-                  eval_num_videos=num_videos)
+                  eval_num_videos=num_videos, on_refuse=on_refuse)
 
 
 def check_implemented(recipe: Recipe) -> None:

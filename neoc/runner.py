@@ -82,6 +82,10 @@ def run_recipe(recipe_path: str, model: str | None = None, out: str | None = Non
 
 
 def _run(recipe: Recipe, out_dir: Path, resume: bool, quiet: bool, report: dict) -> None:
+    from neoc.eval.latency import load_average
+
+    wall_start, cpu_start = time.perf_counter(), time.process_time()
+    report["timing"] = {"load_start": load_average()}
     log.info("loading model %s", recipe.model)
     pipeline = sources.load_source(recipe.model)
     baseline = pipeline.clone()
@@ -94,14 +98,17 @@ def _run(recipe: Recipe, out_dir: Path, resume: bool, quiet: bool, report: dict)
         report["lineage"].append(record.lineage())
         (out_dir / "report.partial.json").write_text(json.dumps(report, indent=2, default=str))
 
-    quality_before = measure_quality(baseline, recipe, quiet, report, "before")
+    videos: dict = {}
+    quality_before = measure_quality(baseline, recipe, quiet, report, "before", videos)
     manager = PassManager(recipe.passes, out_dir, seed=recipe.seed, eval_data=eval_data, profile=profile,
-                          quiet=quiet, resume=resume, on_record=on_record)
+                          quiet=quiet, resume=resume, on_record=on_record, on_refuse=recipe.on_refuse)
     if quality_before is not None:
         manager.extras["quality_baseline"] = quality_before
     pipeline = manager.run(pipeline)
     report["cost"]["after"] = analyze_pipeline(pipeline)
-    measure_quality(pipeline, recipe, quiet, report, "after")
+    measure_quality(pipeline, recipe, quiet, report, "after", videos)
+    measure_latency(baseline, pipeline, recipe, report)
+    measure_run_trajectory(out_dir, manager.records, baseline, recipe, report)
 
     if recipe.target is not None:
         tcls = registry.get_target(recipe.target.name)
@@ -110,48 +117,105 @@ def _run(recipe: Recipe, out_dir: Path, resume: bool, quiet: bool, report: dict)
         result = tcls(recipe.target.config).build(pipeline, ctx)
         report["target"] = {"name": recipe.target.name, "graphs": result.graphs, "notes": result.notes}
 
+    draw_figures(report, out_dir, videos)
     save_pipeline(pipeline, out_dir / "pipeline")
+    report["timing"].update({
+        "wall_seconds": time.perf_counter() - wall_start, "cpu_seconds": time.process_time() - cpu_start,
+        "passes_seconds": sum(p["seconds"] for p in report["passes"]), "load_end": load_average(),
+        "note": "wall and CPU time of this process from model loading to the reports (the CLI's imports excluded); "
+                "cpu_seconds sums all threads, so on a machine shared with other jobs it shows the run's own cost"})
     report["status"] = "complete"
     write_reports(report, out_dir)
     (out_dir / "report.partial.json").unlink(missing_ok=True)
     _status(out_dir, "complete")
 
 
-def measure_quality(pipeline, recipe: Recipe, quiet: bool, report: dict, phase: str) -> dict | None:
-    """Toy-world quality and generation latency of ``pipeline`` (same prompts and seeds before and after).
+def measure_quality(pipeline, recipe: Recipe, quiet: bool, report: dict, phase: str,
+                    videos: dict | None = None) -> dict | None:
+    """Toy-world quality of ``pipeline`` (same prompts and seeds before and after).
 
     The instrument reads toy-world videos, so it applies to pipelines derived from ``builtin:pyramid-tiny``;
     for other pipelines the report says why it was skipped instead of printing a meaningless number.
+    The generated videos land in ``videos[phase]`` (the report's frame strips).
     """
     from neoc.errors import NeocError
-    from neoc.eval.pipeline_quality import evaluate_pipeline
+    from neoc.eval.pipeline_quality import evaluate_pipeline, quality_skip_reason
 
-    if recipe.eval_num_videos == 0:
-        report["quality"]["note"] = "skipped: eval.num_videos is 0"
-        return None
-    if pipeline.spec.name != "pyramid-tiny":
-        report["quality"]["note"] = (f"skipped: the toy-world instrument scores pipelines derived from "
-                                     f"builtin:pyramid-tiny, not '{pipeline.spec.name}'")
+    reason = ("eval.num_videos is 0" if recipe.eval_num_videos == 0
+              else quality_skip_reason(pipeline, recipe.eval_num_videos))
+    if reason is not None:
+        report["quality"]["note"] = f"skipped: {reason}"
         return None
     try:
-        result = evaluate_pipeline(pipeline, num=recipe.eval_num_videos, seed=recipe.seed, quiet=quiet)
+        result = evaluate_pipeline(pipeline, num=recipe.eval_num_videos, seed=recipe.seed, quiet=quiet,
+                                   return_videos=True)
     except NeocError as exc:
         report["quality"]["note"] = f"skipped: {exc}"
         return None
+    if videos is not None:
+        videos[phase] = result["_videos"][:2]
+        videos["_prompts"] = result["_prompts"][:2]
     report["quality"][phase] = {k: v for k, v in result.items() if not k.startswith("_")}
-    latency = report["latency"]
-    latency[f"{phase}_seconds"] = result["seconds_per_video"]
-    latency["device"] = _device_name()
-    if latency.get("before_seconds") and latency.get("after_seconds"):
-        latency["ratio"] = latency["before_seconds"] / latency["after_seconds"]
     return report["quality"][phase]
 
 
-def _device_name() -> str:
-    import os
-    import platform
+def latency_prompts(recipe: Recipe, count: int = 2) -> list[str]:
+    """The prompts latency is timed on: the first eval prompts (toy-world eval split, or ``eval.prompts``)."""
+    from neoc.eval.pipeline_quality import eval_prompts
 
-    import torch
+    return [p for p, _ in eval_prompts(count, recipe.seed, recipe.eval_prompts)]
 
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads " \
-           f"{torch.get_num_threads()})"
+
+def measure_latency(baseline, compiled, recipe: Recipe, report: dict, count: int = 2) -> None:
+    """CONTRACT ``latency``: baseline vs compiled, same prompts and seeds, same process (neoc.eval.latency)."""
+    from neoc.eval.latency import compare_latency
+
+    log.info("latency: baseline vs compiled on %d prompts", count)
+    result = compare_latency(baseline, compiled, latency_prompts(recipe, count), seed=recipe.seed)
+    result["compiled_form"] = compiled_form(compiled)
+    report["latency"].update(result)
+
+
+def compiled_form(pipeline) -> str:
+    """What 'compiled' means for the timed pipeline, in words (the report states it)."""
+    quant = "quantization" in pipeline.info
+    return ("the transformed pipeline (pipeline/) run as float32 torch on the CPU"
+            + ("; W8A16 encodings are attached but not applied: quantised quality is the quantize-w8a16 pass's "
+               "simulation (AIMET QuantSim), and the NPU latency needs the Hexagon context binaries on a device"
+               if quant else ""))
+
+
+def measure_run_trajectory(out_dir: Path, records: list, baseline, recipe: Recipe, report: dict) -> None:
+    from neoc.report.trajectory import measure_trajectory
+
+    try:
+        prompt = latency_prompts(recipe, 1)[0]
+        report["trajectory"] = measure_trajectory(out_dir, records, baseline, prompt, recipe.seed)
+    except Exception as exc:  # the trajectory is a figure; a failure is reported, never fatal
+        log.warning("trajectory not measured: %s", exc)
+        report["notes"].append(f"trajectory not measured: {type(exc).__name__}: {exc}")
+
+
+def draw_figures(report: dict, out_dir: Path, videos: dict) -> None:
+    from neoc.report import figures
+
+    drawn = {}
+    try:
+        for title, fn in (("Latency, NFE and parameters through the passes", figures.trajectory_plot),
+                          ("Block importance (prune-blocks)", figures.importance_plot)):
+            name = fn(report, out_dir)
+            if name:
+                drawn[title] = name
+        name = figures.quality_plot(figures.quality_rows(report), out_dir)
+        if name:
+            drawn["Toy-world quality through the passes"] = name
+        strips = {k: v for k, v in videos.items() if k in ("before", "after")}
+        if strips:
+            labelled = {("baseline" if k == "before" else "compiled"): v for k, v in strips.items()}
+            name = figures.frame_strip(labelled, out_dir, prompts=videos.get("_prompts"))
+            if name:
+                drawn["Sample frames, baseline vs compiled (same prompts and seeds)"] = name
+    except Exception as exc:  # figures never fail a finished run
+        log.warning("figures not drawn: %s", exc)
+        report["notes"].append(f"figures not drawn: {type(exc).__name__}: {exc}")
+    report["figures"] = drawn

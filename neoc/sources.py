@@ -8,7 +8,7 @@ from neoc.errors import InputError
 from neoc.ir.pipeline import Pipeline
 from neoc.ir.runfolder import is_pipeline_folder, load_pipeline
 
-BUILTINS = ("builtin:pyramid-tiny", "builtin:pyramid-flow-sd3")
+BUILTINS = ("builtin:pyramid-tiny", "builtin:pyramid-flow-sd3", "builtin:bidit-tiny")
 RELEASED_MARKERS = ("diffusion_transformer_384p", "diffusion_transformer_768p", "causal_video_vae")
 
 

@@ -107,6 +107,11 @@ class DistillSteps(Pass):
         pipeline.with_schedule(student_schedule(pipeline.schedule, self.config.schedule))
 
     def check_preconditions(self, pipeline, ctx) -> None:
+        if pipeline.schedule.temporal != "autoregressive" or pipeline.schedule.num_stages < 2:
+            raise CheckFailed(
+                f"distill-steps: Pyramidal DMD distils a pyramidal, frame-autoregressive sampler (one student step "
+                f"per pyramid stage and latent frame); this pipeline samples with {pipeline.schedule.num_stages} "
+                f"stage(s), temporal '{pipeline.schedule.temporal}'")
         denoiser = pipeline.component("denoiser")
         for hook in ("emit_static_inputs", "emit_precomputed_inputs"):
             if getattr(denoiser, hook, None) is not None:

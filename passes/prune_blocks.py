@@ -169,8 +169,10 @@ class PruneBlocks(Pass):
         cfg = self.config
         denoiser = pipeline.component("denoiser")
         if not hasattr(denoiser, "transformer_blocks") or not hasattr(denoiser, "config"):
+            hint = ("run prune-blocks before the deployment passes" if hasattr(denoiser, "mmdit") else
+                    "its block importance compares the visual and text streams of joint-attention blocks")
             raise CheckFailed(f"prune-blocks: the denoiser ({type(denoiser).__name__}) is not an MMDiT with "
-                              f"transformer_blocks (run prune-blocks before the deployment passes)")
+                              f"transformer_blocks ({hint})")
         n = len(denoiser.transformer_blocks)
         if not 1 <= cfg.keep < n:
             raise CheckFailed(f"prune-blocks: keep={cfg.keep} but the denoiser has {n} blocks (keep must be < {n})")

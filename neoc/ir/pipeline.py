@@ -262,7 +262,9 @@ def emit_graph(pipe: Pipeline) -> fx.Graph:
 
     stages = sched.stage_specs(S, schedule.gamma)
     generated = None  # full-resolution generated latents so far [1, C, k, H, W]
-    for unit in range(T):
+    joint = schedule.temporal == "joint"  # one unit: every latent frame denoised together, no history
+    unit_frames = T if joint else 1
+    for unit in range(schedule.units(T)):
         steps = schedule.steps_for_unit(unit)
         use_cfg = schedule.uses_cfg(unit)
         scale = schedule.guidance_for_unit(unit)
@@ -272,11 +274,11 @@ def emit_graph(pipe: Pipeline) -> fx.Graph:
             levels = [generated]
             for _ in range(S - 1):
                 levels.append(e.fn(ops.down2, levels[-1]))
-        x = e.fn(ops.frame, ph["noise"], unit, meta={"unit": unit})
+        x = ph["noise"] if joint else e.fn(ops.frame, ph["noise"], unit, meta={"unit": unit})
         for stage in range(S):
             if stage > 0:
                 alpha, beta = sched.jump_coefficients(stages[stage], schedule.gamma)
-                jump = e.fn(ops.frame, ph[f"jump_noise_{stage}"], unit)
+                jump = ph[f"jump_noise_{stage}"] if joint else e.fn(ops.frame, ph[f"jump_noise_{stage}"], unit)
                 x = e.fn(ops.stage_jump, x, jump, alpha, beta, meta={"unit": unit, "stage": stage})
             clips = []
             clip_shapes = []
@@ -294,8 +296,8 @@ def emit_graph(pipe: Pipeline) -> fx.Graph:
             timesteps = sched.stage_timesteps(stages[stage], steps[stage])
             sigmas = sched.local_sigmas(steps[stage])
             image_tokens = sum(t * (hh // spec.patch_size) * (ww // spec.patch_size)
-                               for t, hh, ww in clip_shapes + [(1, h, w)])
-            signature = (tuple(clip_shapes), (1, h, w), 2 if use_cfg else 1)
+                               for t, hh, ww in clip_shapes + [(unit_frames, h, w)])
+            signature = (tuple(clip_shapes), (unit_frames, h, w), 2 if use_cfg else 1)
             precompute = getattr(pipe.component("denoiser"), "emit_precomputed_inputs", None)
             for step in range(steps[stage]):
                 x_in = e.fn(ops.cfg_batch, x) if use_cfg else x
@@ -303,7 +305,7 @@ def emit_graph(pipe: Pipeline) -> fx.Graph:
                 call = dict(sample=[clips + [x_in]], encoder_hidden_states=ctx, encoder_attention_mask=mask,
                             pooled_projections=pool, timestep_ratio=t_in, **extra_inputs)
                 if precompute is not None:  # precompute-inputs: temb / RoPE / mask / positions fed in
-                    call = precompute(g, call, timestep=float(timesteps[step]), clip_shapes=clip_shapes + [(1, h, w)],
+                    call = precompute(g, call, timestep=float(timesteps[step]), clip_shapes=clip_shapes + [(unit_frames, h, w)],
                                       batch=2 if use_cfg else 1, text_length=spec.t5_max_length)
                 out = e.mod("denoiser", **call,
                             meta={"unit": unit, "stage": stage, "step": step, "nfe": 2 if use_cfg else 1,

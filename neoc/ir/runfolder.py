@@ -66,8 +66,11 @@ def pipeline_manifest(pipe: Pipeline) -> dict:
         components[role] = {"builder": builder, "config": config, "file": f"{role}.safetensors",
                             "sha256": state_hash(module.state_dict())}
     tokenizers = pipe.prompt_encoder.describe() if pipe.prompt_encoder is not None else None
+    schedule = _jsonable(pipe.schedule)
+    if schedule.get("temporal") == "autoregressive":  # the default: left out, so existing content hashes hold
+        schedule.pop("temporal")
     return {"format": FORMAT, "neoc_version": __version__, "source": pipe.source,
-            "spec": _jsonable(pipe.spec), "schedule": _jsonable(pipe.schedule), "components": components,
+            "spec": _jsonable(pipe.spec), "schedule": schedule, "components": components,
             "tokenizers": tokenizers, "info": pipe.info}
 
 

@@ -66,6 +66,11 @@ class Schedule:
     guidance_scale: float = 7.0
     video_guidance_scale: float = 5.0
     label: str = "native"
+    #: ``autoregressive``: latent frame by latent frame, each conditioned on the generated history (Pyramid-Flow);
+    #: ``joint``: one unit holding every latent frame, denoised together by a bidirectional DiT (Wan / LTX-style),
+    #: with ``video_steps`` and ``video_guidance_scale``
+    temporal: str = attrs.field(default="autoregressive",
+                                validator=attrs.validators.in_(("autoregressive", "joint")))
 
     def __attrs_post_init__(self):
         for name in ("first_frame_steps", "video_steps"):
@@ -73,11 +78,15 @@ class Schedule:
             if len(steps) != self.num_stages or any(s < 1 for s in steps):
                 raise ValueError(f"{name} must list {self.num_stages} positive step counts, got {list(steps)}")
 
+    def units(self, latent_frames: int) -> int:
+        """Sampling units: one per latent frame (autoregressive) or one for the whole video (joint)."""
+        return 1 if self.temporal == "joint" else latent_frames
+
     def steps_for_unit(self, unit: int) -> tuple[int, ...]:
-        return self.first_frame_steps if unit == 0 else self.video_steps
+        return self.first_frame_steps if unit == 0 and self.temporal != "joint" else self.video_steps
 
     def guidance_for_unit(self, unit: int) -> float:
-        return self.guidance_scale if unit == 0 else self.video_guidance_scale
+        return self.guidance_scale if unit == 0 and self.temporal != "joint" else self.video_guidance_scale
 
     def uses_cfg(self, unit: int) -> bool:
         """CFG runs a batch-2 (negative, positive) evaluation; guidance <= 1 means the conditional branch only."""
@@ -85,4 +94,5 @@ class Schedule:
 
     def nfe(self, latent_frames: int) -> int:
         """Denoiser evaluations for a video, CFG branches counted separately."""
-        return sum(sum(self.steps_for_unit(k)) * (2 if self.uses_cfg(k) else 1) for k in range(latent_frames))
+        return sum(sum(self.steps_for_unit(k)) * (2 if self.uses_cfg(k) else 1)
+                   for k in range(self.units(latent_frames)))

@@ -49,9 +49,15 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# neoc run report", "", f"- recipe: `{report['recipe']}`", f"- model: `{report['model']}`",
              f"- status: **{report['status']}**", ""]
     lines += ["## Passes", ""]
-    rows = [[p["name"], p["status"] + (" (cached)" if p.get("cached") else ""), p["seconds"],
-             _fmt(p.get("metrics") or {})] for p in report["passes"]]
-    lines += _table(["pass", "status", "seconds", "metrics"], rows) if rows else ["(no passes)"]
+    rows = [[p["name"], p["status"] + (" (cached)" if p.get("cached") else ""), p["seconds"], p.get("cpu_seconds"),
+             p.get("reason") or _fmt(_headline(p.get("metrics") or {}))] for p in report["passes"]]
+    lines += (_table(["pass", "status", "seconds", "CPU s", "metrics / reason"], rows) if rows
+              else ["(no passes)"])
+    timing = report.get("timing") or {}
+    if timing.get("wall_seconds") is not None:
+        lines += ["", f"Run wall time {timing['wall_seconds']:.1f} s (passes {timing.get('passes_seconds', 0):.1f} s), "
+                      f"CPU time {timing.get('cpu_seconds') or 0:.1f} s; "
+                      f"load average at start {_fmt(timing.get('load_start'))}, at end {_fmt(timing.get('load_end'))}."]
     lines += ["", "## Cost", ""]
     cost = report["cost"]
     if cost.get("before"):
@@ -67,17 +73,35 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", f"NFE: {cost['before'].get('nfe')} → {(cost.get('after') or {}).get('nfe')}"]
     else:
         lines += ["(not measured)"]
+    lines += _trajectory_section(report)
     lines += ["", "## Quality", ""]
     q = report["quality"]
     if q.get("before") or q.get("after"):
         keys = ["total", "quality", "semantic"]
         lines += _table(["", *keys], [[k, *[(q.get(k) or {}).get(x) for x in keys]] for k in ("before", "after")])
+        if q.get("before") and q.get("after"):
+            delta = q["after"]["total"] - q["before"]["total"]
+            lines += ["", f"Total after − before: {delta:+.4f} (toy-world instrument, {q['before'].get('num_videos')} "
+                      "videos, same prompts and seeds)."]
     else:
         lines += [q.get("note", "(not measured)")]
+    rows = quality_points(report)
+    if rows:
+        lines += ["", "### Quality at every measured point (the passes' own before/after measurements)", ""]
+        lines += _table(["pass", "point", "total", "quality", "semantic", "videos"],
+                        [[r["pass"], r["point"], r["total"], r["quality"], r["semantic"], r["num_videos"]]
+                         for r in rows])
     lines += ["", "## Latency", ""]
     lat = report["latency"]
     lines += _table(["before (s)", "after (s)", "ratio", "device"],
                     [[lat.get("before_seconds"), lat.get("after_seconds"), lat.get("ratio"), lat.get("device")]])
+    if lat.get("method"):
+        lines += ["", f"Measured: {lat['method']}; {lat.get('prompts')} prompts; NFE {lat.get('nfe_before')} → "
+                      f"{lat.get('nfe_after')}; load average at start/end {_fmt((lat.get('load_average') or {}).get('start'))}"
+                      f" / {_fmt((lat.get('load_average') or {}).get('end'))}."]
+    if lat.get("compiled_form"):
+        lines += ["", f"'Compiled' here is {lat['compiled_form']}."]
+    lines += _sqnr_section(report)
     lines += ["", "## Target", ""]
     graphs = report["target"].get("graphs") or []
     if graphs:
@@ -86,6 +110,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                           g.get("prepare_seconds"), g.get("path")] for g in graphs])
     else:
         lines += ["(no target graphs)"]
+    for note in report["target"].get("notes") or []:
+        lines += [f"- {note}"]
     if report.get("figures"):
         lines += ["", "## Figures", ""]
         lines += [f"![{name}]({path})" for name, path in report["figures"].items()]
@@ -95,6 +121,52 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += [f"- `{x['pass']}` config {x['config_hash']} : {x['input'][:12]} → {x['output'][:12]}"
               for x in report.get("lineage", [])] or ["(none)"]
     return "\n".join(lines) + "\n"
+
+
+def _headline(metrics: dict) -> dict:
+    """The scalar metrics of a pass (eval dicts and long lists have their own tables and figures)."""
+    return {k: v for k, v in metrics.items()
+            if not (isinstance(v, dict) and "total" in v) and not (isinstance(v, list) and len(v) > 6)
+            and k not in ("table",)}
+
+
+def quality_points(report: dict[str, Any]) -> list[dict[str, Any]]:
+    from neoc.report.figures import quality_rows
+
+    return quality_rows(report)
+
+
+def _trajectory_section(report: dict[str, Any]) -> list[str]:
+    points = report.get("trajectory") or []
+    if not points:
+        return []
+    lines = ["", "## Trajectory through the passes", "",
+             "Each row is the pipeline after that pass (a skipped pass repeats the row above); seconds = one "
+             "generation of the same prompt and seed on this machine, float32 torch on the CPU.", ""]
+    lines += _table(["after", "params (generation)", "NFE", "FLOPs/video", "seconds/video"],
+                    [[p["stage"] + (" (skipped)" if p.get("skipped") else ""), p.get("params"), p.get("nfe"),
+                      p.get("flops_per_video"), p.get("seconds")] for p in points])
+    return lines
+
+
+def _sqnr_section(report: dict[str, Any]) -> list[str]:
+    q = next((p for p in report.get("passes", []) if p["name"] == "quantize-w8a16" and p.get("status") == "done"),
+             None)
+    if q is None:
+        return []
+    m = q.get("metrics") or {}
+    lines = ["", "## Quantisation (W8A16, AIMET QuantSim vs float, held-out calls)", ""]
+    rows = [[role, v] for role, v in (m.get("sqnr_db") or {}).items()]
+    rows += [[f"denoiser stage {s}", v] for s, v in (m.get("denoiser_stage_sqnr_db") or {}).items()]
+    lines += _table(["graph", "SQNR dB"], rows)
+    table = m.get("table")
+    if isinstance(table, list) and table and isinstance(table[0], dict):
+        keys = list(table[0])
+        lines += ["", *_table(keys, [[r.get(k) for k in keys] for r in table])]
+    if m.get("quality_float") and m.get("quality_quantized"):
+        lines += ["", f"Toy-world total, float {m['quality_float']['total']:.4f} vs simulated W8A16 "
+                      f"{m['quality_quantized']['total']:.4f}."]
+    return lines
 
 
 def render_html(markdown: str, title: str = "neoc report") -> str:

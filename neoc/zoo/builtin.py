@@ -111,6 +111,10 @@ def build(source: str, device: str = "cpu", random_init: bool = False) -> Pipeli
         return build_tiny(device=device, random_init=random_init)
     if source == "builtin:pyramid-flow-sd3":
         return build_sd3(device="meta" if (device == "meta" or not random_init) else device, random_init=random_init)
+    if source == "builtin:bidit-tiny":
+        from neoc.zoo.bidit_tiny import build_bidit_tiny
+
+        return build_bidit_tiny(device=device, random_init=random_init)
     raise InputError(f"unknown builtin model source '{source}'")
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from torch import nn
 
 from neoc.ir.components import register_builder, register_prompt_encoder
+from neoc.models.bidirectional_dit import BidirectionalVideoDiT
 from neoc.models.causal_vae import CausalVideoVAE
 from neoc.models.latent_norm import LatentNorm, VAELatentDecoder, VAELatentEncoder
 from neoc.models.mmdit import PyramidMMDiT
@@ -162,3 +163,7 @@ from neoc.models.first_frame import (SDXLFirstFrame, TeacherFirstFrame, build_sd
 
 register_builder("neoc.TeacherFirstFrame", TeacherFirstFrame, build_teacher_first_frame, describe_teacher_first_frame)
 register_builder("neoc.SDXLFirstFrame", SDXLFirstFrame, build_sdxl_first_frame, describe_sdxl_first_frame)
+
+
+register_builder("neoc.BidirectionalVideoDiT", BidirectionalVideoDiT, lambda c: BidirectionalVideoDiT(**c),
+                 lambda m: dict(m.config))

@@ -1,0 +1,55 @@
+"""Generation latency, baseline vs compiled, measured the same way in ``neoc run`` and ``bench/latency.py``.
+
+Both pipelines generate the same prompts with the same seeds on the same machine in the same process; each is
+warmed up once, then the timed generations alternate (baseline, compiled, baseline, ...) so that a change in the
+machine's load during the measurement hits both alike. The figure per pipeline is the median seconds per video.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+
+def device_name() -> str:
+    return (f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
+            f"{torch.get_num_threads()})")
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
+@torch.no_grad()
+def _time_one(pipeline, prompt: str, seed: int) -> float:
+    start = time.perf_counter()
+    pipeline.generate(prompt, seed=seed)
+    return time.perf_counter() - start
+
+
+def compare_latency(baseline, compiled, prompts: list[str], seed: int = 0, warmup: int = 1) -> dict:
+    """``{"before_seconds", "after_seconds", "ratio", "device", ...}``: median seconds per video."""
+    if not prompts:
+        raise ValueError("compare_latency needs at least one prompt")
+    load_start = load_average()
+    for pipe in (baseline, compiled):
+        for i in range(warmup):
+            _time_one(pipe, prompts[i % len(prompts)], seed + i)
+    before, after = [], []
+    for i, prompt in enumerate(prompts):
+        before.append(_time_one(baseline, prompt, seed + i))
+        after.append(_time_one(compiled, prompt, seed + i))
+    b, a = statistics.median(before), statistics.median(after)
+    return {"before_seconds": b, "after_seconds": a, "ratio": b / a if a > 0 else None,
+            "device": device_name(), "method": "median seconds per video, same prompts and seeds, "
+            f"{warmup} warm-up each, timed generations alternating baseline/compiled",
+            "before_runs": before, "after_runs": after, "prompts": len(prompts),
+            "nfe_before": baseline.nfe(), "nfe_after": compiled.nfe(),
+            "load_average": {"start": load_start, "end": load_average()}}
