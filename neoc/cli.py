@@ -119,7 +119,10 @@ def explain(recipe: str = typer.Argument(..., help="Recipe YAML file"),
     r = load_recipe(recipe, model=model, overrides=tuple(set_), check_eval_paths=False)
     typer.echo(f"recipe  {r.path}")
     typer.echo(f"model   {r.model}   seed {r.seed}   profile {r.profile or '-'}")
-    typer.echo(f"eval    prompts={r.eval_prompts or '-'}  videos={r.eval_videos or '-'}")
+    typer.echo(f"eval    prompts={r.eval_prompts or '-'}  videos={r.eval_videos or '-'}  "
+               f"num_videos={r.eval_num_videos}")
+    refusal = "is skipped, with its reason" if r.on_refuse == "skip" else "stops the run"
+    typer.echo(f"refusal on_refuse={r.on_refuse} (a pass whose preconditions fail {refusal})")
     typer.echo("passes (in order):")
     for i, entry in enumerate(r.passes, 1):
         cls = registry.get_pass(entry.name)
