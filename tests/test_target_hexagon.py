@@ -352,6 +352,61 @@ def test_qdq_from_aimet_encodings_compiles_and_keeps_sqnr(tmp_path):
     assert compiled.cpu_fallback_nodes == 0 and sim["cpu_fallback_nodes"] == 0 and sim["sqnr_db"] > 30.0
 
 
+def test_w8a16_layernorm_scale_legalised(monkeypatch, tmp_path):
+    """Issue 10: a quantised LayerNormalization with a scale and no bias (the MMDiT's ``elementwise_affine=False``
+    norms export a constant all-ones scale; ``bias=False`` norms a learned one) gets an int8 scale by default,
+    which the HTP LayerNorm refuses with 16-bit activations. The support probe (op + its Q/DQ unit) says so, and
+    after ``layernorm_scale_overrides`` (uint8 scale) both SoCs compile it with 0 fallback and > 30 dB."""
+    from torch import nn
+
+    from neoc.targets.hexagon import export, qdq
+    from neoc.targets.hexagon.graphs import CapturedCall, _graph_from_calls
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(32, 32)
+            self.norm = nn.LayerNorm(32, bias=False)
+            self.plain = nn.LayerNorm(32, elementwise_affine=False, eps=1e-6)
+
+        def forward(self, x):
+            return self.plain(self.norm(self.fc(x)) * 2.0)
+
+    torch.manual_seed(0)
+    block = Block().eval()
+    with torch.no_grad():
+        block.norm.weight.uniform_(0.5, 1.5)
+    graph = _graph_from_calls("upsampler", "upsampler", block,
+                              [CapturedCall("upsampler", (torch.randn(1, 16, 32),), {}) for _ in range(3)])
+    export.export_graph(graph, tmp_path / "float.onnx")
+    model = export.load_model(tmp_path / "float.onnx")
+    legalize.legalize(model)
+    export.save_model(model, tmp_path / "legal.onnx")
+    norms = [n for n in model.graph.node if n.op_type == "LayerNormalization"]
+    assert len(norms) == 2 and all(len(n.input) == 2 for n in norms)  # scale, no bias
+    plan = qdq.QuantPlan("w8a16", 8, 16, None)
+    references = [graph.reference(call) for call in graph.calibration]
+
+    with monkeypatch.context() as patch:  # as before the fix: int8 scales
+        patch.setattr(qdq, "layernorm_scale_overrides", lambda *a: {})
+        qdq.write_qdq(tmp_path / "legal.onnx", tmp_path / "int8_scale.onnx", graph.calibration, plan, block)
+    report = support.support_report(onnx.load(str(tmp_path / "int8_scale.onnx")), "block", "x-elite",
+                                    tmp_path / "support")
+    bad = report.unsupported  # two signatures (the eps differ), both LayerNorms
+    assert [op.op_type for op in bad] == ["LayerNormalization"] * 2 and all("uint8" in op.fix for op in bad)
+    with pytest.raises(CheckFailed, match="rejected LayerNormalization"):
+        qnn_compile.compile_graph(tmp_path / "int8_scale.onnx", "block", "x-elite", tmp_path / "bad", "w8a16")
+
+    info = qdq.write_qdq(tmp_path / "legal.onnx", tmp_path / "qdq.onnx", graph.calibration, plan, block)
+    assert info["layernorm_scales"] == 2
+    report = support.support_report(onnx.load(str(tmp_path / "qdq.onnx")), "block", "x-elite", tmp_path / "support")
+    assert not report.unsupported
+    for soc in ("x-elite", "8-elite"):
+        compiled = qnn_compile.compile_graph(tmp_path / "qdq.onnx", "block", soc, tmp_path / soc, "w8a16")
+        sim = simulate.simulate(compiled.context_model, soc, graph.calibration, references, "w8a16")
+        assert compiled.cpu_fallback_nodes == 0 and sim["cpu_fallback_nodes"] == 0 and sim["sqnr_db"] > 30.0
+
+
 def test_quant_plan_reads_the_pass_record(tmp_path):
     from neoc.targets.hexagon import qdq
 

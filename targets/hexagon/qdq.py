@@ -20,7 +20,9 @@ matched to the exported graph as follows:
 The QDQ graph itself is written by onnxruntime's QNN quantisation tool (``get_qnn_qdq_config`` +
 ``quantize``), which knows the backend's QDQ rules (int32 biases, op-specific encodings, 16-bit converts); the
 AIMET encodings enter as its tensor overrides, and tensors without one get min/max encodings from the same
-captured calibration calls. A component the record marks FP16, or a pipeline without a record, compiles in FP16
+captured calibration calls. :func:`layernorm_scale_overrides` then gives every LayerNormalization scale a type the HTP
+LayerNorm takes with 16-bit activations (uint8 or symmetric int16; the int8 weight default is refused). A component
+the record marks FP16, or a pipeline without a record, compiles in FP16
 and the target's notes say so. AdaRound's rounded weights are not re-applied here (the weights are quantised from
 the float component with the recorded scales); the target notes it when it happens.
 """
@@ -218,6 +220,48 @@ def module_outputs(model: onnx.ModelProto, prefix: str = "component.") -> dict[s
     return outputs
 
 
+def layernorm_scale_overrides(model: onnx.ModelProto, overrides: dict[str, list[dict]],
+                              activation_bw: int) -> dict[str, str]:
+    """Give every quantised ``LayerNormalization`` scale (gamma) a type the HTP LayerNorm takes.
+
+    With 16-bit activations QNN HTP validates ``LayerNorm`` only with a uint8 or a symmetric int16 gamma: the
+    int8 symmetric default of W8 weights and uint16 are refused (``backendValidateOpConfig`` error 3110; asked of
+    onnxruntime-qnn 2.7 for v73 and v79, with and without a bias input — a zero bias does not change the answer).
+    So a gamma without an override gets uint8 asymmetric (AIMET's HTP config also quantises LayerNorm weights
+    asymmetrically; a constant all-ones gamma, as the exporter writes for ``elementwise_affine=False``, is exact
+    at 255 * 1/255). An AIMET 8-bit encoding of a gamma is re-expressed on the same grid as uint8; a 16-bit
+    asymmetric one cannot be, and becomes symmetric int16 from the calibration range. Returns {gamma: what was
+    done} (8-bit activation graphs need nothing)."""
+    from onnxruntime.quantization import QuantType
+
+    if activation_bw <= 8:
+        return {}
+    initializers = {init.name for init in model.graph.initializer}
+    done = {}
+    for node in model.graph.node:
+        if node.op_type != "LayerNormalization" or len(node.input) < 2 or node.input[1] not in initializers:
+            continue
+        gamma = node.input[1]
+        existing = overrides.get(gamma)
+        if existing is None:
+            overrides[gamma] = [{"quant_type": QuantType.QUInt8, "symmetric": False}]
+            done[gamma] = "uint8 asymmetric (default)"
+            continue
+        first = existing[0]
+        if first.get("quant_type") in (QuantType.QUInt8,) or (first.get("quant_type") == QuantType.QInt16 and
+                                                               int(first.get("zero_point", 0)) == 0):
+            continue
+        if first.get("quant_type") == QuantType.QInt8 and "scale" in first:  # AIMET 8-bit grid, as uint8
+            overrides[gamma] = [{**entry, "quant_type": QuantType.QUInt8,
+                                 "zero_point": np.array(int(entry["zero_point"]) + 128, dtype=np.uint8)}
+                                for entry in existing]
+            done[gamma] = "AIMET int8 grid as uint8"
+        else:
+            overrides[gamma] = [{"quant_type": QuantType.QInt16, "symmetric": True}]
+            done[gamma] = "int16 symmetric (AIMET 16-bit asymmetric grid not expressible)"
+    return done
+
+
 def tensor_overrides(model: onnx.ModelProto, component: torch.nn.Module, encodings: dict,
                      module_prefix: str = "component.") -> tuple[dict[str, list[dict]], dict[str, int]]:
     """ORT tensor-quantisation overrides from AIMET encodings, and how many params/activations matched."""
@@ -276,10 +320,12 @@ def write_qdq(float_path: Path, qdq_path: Path, calls: Sequence[Sequence[torch.T
     overrides, matched = ({}, {"params_matched": 0, "activations_matched": 0})
     if plan.encodings and component is not None:
         overrides, matched = tensor_overrides(model, component, plan.encodings)
+    layernorm = layernorm_scale_overrides(model, overrides, plan.output_bw)
     config = get_qnn_qdq_config(
         str(float_path), _Reader(calibration_feeds(model, calls)),
         activation_type=QuantType.QUInt16 if plan.output_bw > 8 else QuantType.QUInt8,
         weight_type=QuantType.QInt8 if plan.param_bw <= 8 else QuantType.QInt16,
         per_channel=True, init_overrides=overrides or None, weight_symmetric=True)
     quantize(str(float_path), str(qdq_path), config)
-    return {"scheme": plan.scheme, "param_bw": plan.param_bw, "output_bw": plan.output_bw, **matched}
+    return {"scheme": plan.scheme, "param_bw": plan.param_bw, "output_bw": plan.output_bw, **matched,
+            "layernorm_scales": len(layernorm)}
