@@ -60,8 +60,8 @@ weights' safetensors file. :func:`neoc.quant.load_graph_sim` rebuilds any graph'
 record (the hexagon target exports QDQ ONNX from it). The pass itself measures SQNR and quality with sims
 *snapped* onto the recorded encodings, so the numbers describe exactly what is recorded: AIMET's JSON round trip
 recomputes each scale in float32 from the written min/max, which can move it by one ulp (see
-:func:`neoc.quant.sim.snap_to_json_grid`); the pass exports, loads, and records the encodings of the loaded sim (a
-fixed point), after checking that the load kept every calibrated quantizer with the same grid up to those ulps.
+:func:`neoc.quant.sim.snap_to_json_grid`); the pass exports, loads them back into the sim and measures that,
+after checking that the load kept every calibrated quantizer with the same grid up to those ulps.
 ``reload_max_abs_diff`` is how far a sim loaded from the written file is from the measured one: it must be 0.
 Each graph's ``grid_snap`` record says what the snap did (``scales_moved``, ``max_abs_diff`` and ``sqnr_db`` of the
 snapped vs the calibrated sim, next to ``calibrated_sqnr_db`` vs float): on the trained tiny VAE decoder at 49
