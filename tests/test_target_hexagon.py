@@ -123,6 +123,32 @@ def test_legalize_makes_toy_graph_htp_shaped(tmp_path):
     assert np.allclose(expected, got, atol=1e-5)
 
 
+def test_rank6_rope_gather_lowered_and_compiles(tmp_path):
+    """The un-reduced temporal RoPE: a [1, L, 1, H, D/2, 2] pair view, x[..., 0] and x[..., 1] by Gather on the
+    last axis. After legalisation nothing is above 4D, the values are the same, and HTP compiles it strictly."""
+    shape6 = [1, 12, 1, 4, 8, 2]
+    nodes = [helper.make_node("Reshape", ["x", "s6"], ["pairs"], name="pair_view"),
+             helper.make_node("Gather", ["pairs", "i0"], ["real"], name="select_real", axis=5),
+             helper.make_node("Gather", ["pairs", "i1"], ["imag"], name="select_imag", axis=5),
+             helper.make_node("Mul", ["real", "imag"], ["y"], name="mul")]
+    graph = helper.make_graph(nodes, "rope6", [helper.make_tensor_value_info("x", TP.FLOAT, [1, 12, 4, 16])],
+                              [helper.make_tensor_value_info("y", TP.FLOAT, [1, 12, 1, 4, 8])],
+                              [numpy_helper.from_array(np.array(shape6, np.int64), "s6"),
+                               numpy_helper.from_array(np.array(0, np.int64), "i0"),
+                               numpy_helper.from_array(np.array(1, np.int64), "i1")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    x = RNG.standard_normal((1, 12, 4, 16)).astype(np.float32)
+    expected = cpu_run(save(model, tmp_path / "raw.onnx"), {"x": x})[0]
+    report = legalize.legalize(model)
+    assert report.changes["lower_high_rank_gathers"] == 2 and report.max_rank <= 5
+    assert all(len(legalize.GraphIndex(model).shape(o) or []) <= 4 for n in model.graph.node for o in n.output
+               if n.output[0] != "y")
+    path = save(model, tmp_path / "legal.onnx")
+    assert np.array_equal(cpu_run(path, {"x": x})[0], expected)
+    compiled = qnn_compile.compile_graph(path, "rope6", "x-elite", tmp_path / "ctx")
+    assert compiled.cpu_fallback_nodes == 0
+
+
 def _rms_norm_graph(shape):
     """(x * rsqrt(mean(x^2) + eps)) * w over the last dim: the MMDiT's per-head q/k RMSNorm as exported."""
     width = shape[-1]

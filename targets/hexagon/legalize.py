@@ -25,6 +25,8 @@ protobuf graph; :func:`legalize` runs them in order and records what each did:
   supports; a stray ``Erf`` is reported by the support check with that fix.
 * ``lower_high_rank_transposes``: a rank-r ``Transpose`` (r > 4, e.g. the 7D unpatchify permutation) becomes a
   chain of 4D ``[outer, A, B, inner] -> [outer, B, A, inner]`` block swaps between ``Reshape`` views.
+* ``lower_high_rank_gathers``: a ``Gather`` with constant indices on rank > 4 data (the un-reduced temporal RoPE's
+  6D pair view) gathers from a 3D ``[outer, axis, inner]`` view instead.
 * ``flatten_high_rank_ops``: elementwise ops, ``Expand`` and ``MatMul`` on rank > 4 tensors run on merged <=4D
   views (dims merged only where the broadcast pattern allows).
 * ``shape_ops_to_reshape``: static ``Unsqueeze``/``Squeeze``/``Flatten`` become ``Reshape`` so they join chains.
@@ -542,6 +544,37 @@ def lower_high_rank_transposes(model: onnx.ModelProto, max_rank: int = 4) -> int
     return changes
 
 
+def lower_high_rank_gathers(model: onnx.ModelProto, max_rank: int = 4) -> int:
+    """``Gather(data, indices, axis)`` on rank > ``max_rank`` data with constant indices (the un-reduced RoPE's
+    ``x[..., 0]`` on its 6D pair view) gathers from the 3D view ``[outer, axis_dim, inner]`` along axis 1 and
+    reshapes back: the same values, and the rank-6 view is left to ``collapse_reshape_chains``."""
+    index = GraphIndex(model)
+    namer = Namer(model, "lowered")
+    changes = 0
+    new_nodes = []
+    for node in model.graph.node:
+        shape = index.shape(node.input[0]) if node.op_type == "Gather" else None
+        indices = index.constant(node.input[1]) if shape is not None else None
+        out_shape = index.shape(node.output[0]) if indices is not None else None
+        if shape is None or len(shape) <= max_rank or indices is None or out_shape is None:
+            new_nodes.append(node)
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0) % len(shape)
+        view = [math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])]
+        view_name, shape_name, picked, final_shape = namer("view"), namer("shape"), namer("gather"), namer("shape")
+        new_nodes.append(const_node(shape_name, np.array(view, dtype=np.int64)))
+        new_nodes.append(helper.make_node("Reshape", [node.input[0], shape_name], [view_name], name=view_name))
+        new_nodes.append(helper.make_node("Gather", [view_name, node.input[1]], [picked], name=picked, axis=1))
+        new_nodes.append(const_node(final_shape, np.array(out_shape, dtype=np.int64)))
+        new_nodes.append(helper.make_node("Reshape", [picked, final_shape], [node.output[0]], name=node.name))
+        changes += 1
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes)
+    if changes:
+        model.CopyFrom(infer_shapes(model))
+    return changes
+
+
 UNARY_OPS = {"Tanh", "Sigmoid", "Relu", "Exp", "Log", "Sqrt", "Neg", "Abs", "Erf", "Gelu", "Sin", "Cos",
              "Reciprocal", "Softplus", "Elu", "LeakyRelu", "HardSigmoid", "Cast", "Not", "Floor", "Ceil", "Round"}
 BINARY_OPS = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Equal", "Greater", "Less", "GreaterOrEqual",
@@ -663,8 +696,8 @@ def shape_ops_to_reshape(model: onnx.ModelProto) -> int:
 
 
 def collapse_reshape_chains(model: onnx.ModelProto) -> int:
-    """``Reshape(Reshape(x, s1), s2)`` -> ``Reshape(x, s2)`` when the inner one has no other use; identity
-    reshapes (same static shape in and out) are removed."""
+    """``Reshape(Reshape(x, s1), s2)`` -> ``Reshape(x, s2)`` when every use of the inner one is a Reshape (then
+    each reads ``x`` and the inner view is gone); identity reshapes (same static shape in and out) are removed."""
     changes = 0
     while True:
         index = GraphIndex(model)
@@ -673,9 +706,10 @@ def collapse_reshape_chains(model: onnx.ModelProto) -> int:
             if node.op_type != "Reshape":
                 continue
             inner = index.producer.get(node.input[0])
-            if inner is not None and inner.op_type == "Reshape" and len(index.consumers[inner.output[0]]) == 1 \
-                    and inner.output[0] not in index.graph_outputs:
-                node.input[0] = inner.input[0]
+            if inner is not None and inner.op_type == "Reshape" and inner.output[0] not in index.graph_outputs \
+                    and all(user.op_type == "Reshape" and slot == 0 for user, slot in index.consumers[inner.output[0]]):
+                for user, _ in index.consumers[inner.output[0]]:
+                    user.input[0] = inner.input[0]
                 model.graph.node.remove(inner)
                 changes += 1
                 changed = True
@@ -739,6 +773,7 @@ def legalize(model: onnx.ModelProto, max_rank: int = 4) -> LegalizeReport:
         ("rms_scale_after_weight", rms_scale_after_weight),
         ("break_argmax_ties", break_argmax_ties),
         ("lower_high_rank_transposes", lambda m: lower_high_rank_transposes(m, max_rank)),
+        ("lower_high_rank_gathers", lambda m: lower_high_rank_gathers(m, max_rank)),
         ("flatten_high_rank_ops", lambda m: flatten_high_rank_ops(m, max_rank)),
         ("shape_ops_to_reshape", shape_ops_to_reshape),
         ("collapse_reshape_chains", collapse_reshape_chains),
