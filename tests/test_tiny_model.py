@@ -119,3 +119,59 @@ def test_dit_init_makes_the_denoiser_start_at_zero():
     out = denoiser([[torch.randn(1, 4, 1, 8, 8)]], torch.randn(1, 3, 12), torch.ones(1, 3), torch.randn(1, 8),
                    torch.tensor([500.0]))
     assert torch.equal(out[0], torch.zeros(1, 4, 1, 8, 8))
+
+
+def test_pixel_weight_and_lowres_terms_of_the_vae_objective():
+    """Uniform weights give the plain loss; weighting one pixel makes its error dominate; the pooled term
+    only sees colour at 4x4 resolution (a +1/-1 checkerboard error pools to zero)."""
+    from neoc.train.vae_objective import VAEReconstructionObjective
+
+    frames = torch.zeros(1, 3, 1, 8, 8)
+    recon = frames.clone()
+    recon[..., 0, 0] = 1.0  # one wrong pixel
+    objective = VAEReconstructionObjective.__new__(VAEReconstructionObjective)
+    torch.nn.Module.__init__(objective)
+    objective.kl_weight, objective.freeze_encoder, objective.lowres_weight = 0.0, False, 0.0
+
+    class Posterior:
+        mean = torch.zeros(1)
+        var = torch.ones(1)
+        logvar = torch.zeros(1)
+
+    objective.reconstruct = lambda f, noise=None: (recon, Posterior())
+    plain, _ = objective({"frames": frames})
+    uniform, _ = objective({"frames": frames, "pixel_weight": torch.full((1, 1, 1, 8, 8), 3.0)})
+    assert float(uniform) == pytest.approx(float(plain))
+    mask = torch.zeros(1, 1, 1, 8, 8)
+    mask[..., 0, 0] = 1.0
+    weighted, _ = objective({"frames": frames, "pixel_weight": 1.0 + 63.0 * mask})
+    assert float(weighted) == pytest.approx(2 * 64 / 127)  # (l1 + mse) of 1.0, weight 64 of a total 127
+    checker = (torch.arange(8)[:, None] + torch.arange(8)[None]) % 2 * 2.0 - 1.0
+    recon = frames + checker
+    objective.lowres_weight = 1.0
+    _, metrics = objective({"frames": frames})
+    assert float(metrics["lowres_mse"]) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_vae_batches_carry_object_masks_when_asked():
+    from neoc.zoo.build_tiny import VAEBatches
+
+    class Ctx:
+        step = 0
+        generator = torch.Generator().manual_seed(0)
+
+    cfg = {"vae_image_prob": 0.0, "vae_frames": 9, "vae_crop": TINY_SIZE, "vae_batch": 2, "vae_real_prob": 0.0,
+           "vae_noise_until": 0, "vae_noise_off_at": 0, "vae_fg_weight": 10.0}
+    batches = VAEBatches.__new__(VAEBatches)
+    batches.cfg, batches.seed, batches.real = cfg, 0, []
+    batch = batches(Ctx())
+    weight = batch["pixel_weight"]
+    assert weight.shape == (2, 1, 9, TINY_SIZE, TINY_SIZE)
+    assert float(weight.min()) == 1.0 and float(weight.max()) == 11.0
+    # the heavy pixels are where the object is: they differ from the frame's most common (background) colour
+    frames = batch["frames"]
+    heavy = weight[:, 0] > 6.0
+    assert 0.002 < float(heavy.float().mean()) < 0.3
+    assert frames.shape == (2, 3, 9, TINY_SIZE, TINY_SIZE)
+    batches.cfg = {**cfg, "vae_fg_weight": 0.0}
+    assert "pixel_weight" not in batches(Ctx())

@@ -3,6 +3,12 @@
 Pyramid-Flow's VAE was trained with L1 + LPIPS + KL + GAN losses (facts §3); the toy world needs far less:
 ``loss = |x - x_hat|_1 + MSE(x, x_hat) + kl_weight * KL(q(z|x) || N(0, I))``, with ``z`` sampled from the
 posterior (the noise comes in the batch, so a step is a pure function of its batch).
+
+Two optional terms serve the toy world, whose objects cover a few percent of a frame and so hardly move a
+plain pixel loss (a VAE trained with it alone reconstructs the textured background and loses the object's
+colour and shape): a per-pixel weight map in the batch (``"pixel_weight"`` [B, 1, F, H, W], e.g.
+``1 + w * object mask``; the weighted L1 and MSE are divided by the mean weight) and ``lowres_weight * MSE``
+between 4x4-average-pooled frames (colour and position at roughly the latent resolution).
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ class VAEReconstructionObjective(nn.Module):
     """forward({"frames" [B,3,1+8k,H,W] in [-1,1], "latent_noise" [B,16,1+k,H/8,W/8]}) -> (loss, metrics)."""
 
     def __init__(self, encoder: VAELatentEncoder, decoder: VAELatentDecoder, kl_weight: float = 1e-4,
-                 freeze_encoder: bool = False):
+                 freeze_encoder: bool = False, lowres_weight: float = 0.0):
         super().__init__()
+        self.lowres_weight = lowres_weight
         self.encoder = encoder  # .encoder, .quant_conv
         self.decoder = decoder  # .post_quant_conv, .decoder
         self.kl_weight = kl_weight
@@ -43,11 +50,24 @@ class VAEReconstructionObjective(nn.Module):
         frames = batch["frames"]
         recon, posterior = self.reconstruct(frames, batch.get("latent_noise"))
         recon = recon.float()
-        l1 = (recon - frames).abs().mean()
-        mse = F.mse_loss(recon, frames)
+        error = recon - frames.float()
+        weight = batch.get("pixel_weight")
+        if weight is None:
+            l1, mse = error.abs().mean(), error.pow(2).mean()
+        else:
+            weight = weight.float().expand_as(error)  # broadcast over the colour channels
+            total = weight.sum()
+            l1 = (weight * error.abs()).sum() / total
+            mse = (weight * error.pow(2)).sum() / total
         kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
         loss = l1 + mse + (0.0 if self.freeze_encoder else self.kl_weight) * kl
-        return loss, {"l1": l1.detach(), "mse": mse.detach(), "kl": kl.detach()}
+        metrics = {"l1": l1.detach(), "mse": mse.detach(), "kl": kl.detach()}
+        if self.lowres_weight > 0:
+            pool = (1, 4, 4)
+            lowres = F.mse_loss(F.avg_pool3d(recon, pool), F.avg_pool3d(frames.float(), pool))
+            loss = loss + self.lowres_weight * lowres
+            metrics["lowres_mse"] = lowres.detach()
+        return loss, metrics
 
 
 def psnr(reference: torch.Tensor, test: torch.Tensor) -> float:
