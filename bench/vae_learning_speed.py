@@ -11,7 +11,9 @@ reconstruction (mean colour under the object mask, nearest of the 6 palette colo
 Measured 2026-11-22 on the shared 2-core CPU (1-2 threads, load ~4): conv AE 19.1 dB / colour 0.58 at step
 100 and 22.3 dB / 0.63 at 300; causal VAE (TINY_VAE_CONFIG) 10.0 dB / 0.38 at 100 and 14.8 dB / 0.08 at 150.
 Removing all GroupNorms, removing the mid-block attention, a lower LR (3e-4), one resnet per decoder
-block or wider blocks [32, 64, 64, 64] did not close the gap (9.6-14.2 dB at step 100-150).
+block, wider blocks [32, 64, 64, 64], or nearest-neighbour upsampling + conv in place of the depth-to-space
+upsampler did not close the gap (9.6-14.2 dB at step 50-150). Not yet tried: the init scale of the causal
+convs (a single frame uses one of three temporal taps, so each non-residual conv shrinks its input ~3x).
 """
 
 from __future__ import annotations
