@@ -25,9 +25,8 @@ from neoc.targets.hexagon import qnn
 from neoc.targets.hexagon.legalize import GraphIndex, infer_shapes
 
 #: QuantizeLinear/DequantizeLinear of a QDQ graph: the EP folds them into the quantised node unit of the op they
-#: surround, so they are not probed one by one (a lone Q/DQ is a graph-boundary Q/DQ, which the EP declines):
-#: each op is probed *with* them (:func:`quantized_unit`), so the answer is about the op on its quantised types
-#: (e.g. a uint16 LayerNormalization with an int8 scale is refused, one with a uint8 scale taken).
+#: surround, so they are not probed one by one (a lone Q/DQ is a graph-boundary Q/DQ, which the EP declines); the
+#: compile itself, with CPU fallback disabled, checks them in place.
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 #: op type -> fix, for ops the HTP backend is known to refuse
@@ -99,15 +98,8 @@ def node_signature(node: onnx.NodeProto, index: GraphIndex) -> str:
             parts.append("-")
             continue
         dtype = index.elem_type(name)
-        kind = "const" if index.constant(name) is not None else "x"
-        producer = index.producer.get(name)
-        if producer is not None and producer.op_type == "DequantizeLinear":  # a QDQ graph: the quantised type
-            quantized = producer.input[0]
-            dtype = index.elem_type(quantized)
-            scale = index.constant(producer.input[1])
-            kind = ("const" if index.constant(quantized) is not None else "x") + \
-                ("/per-channel" if scale is not None and scale.size > 1 else "")
         dtype_name = TensorProto.DataType.Name(dtype) if dtype else "?"
+        kind = "const" if index.constant(name) is not None else "x"
         parts.append(f"{kind}:{dtype_name.lower()}{index.shape(name)}")
     attributes = ",".join(f"{a.name}={helper.get_attribute_value(a)!r}"[:60] for a in node.attribute)
     return f"({'; '.join(parts)}){' ' + attributes if attributes else ''}"
@@ -120,69 +112,45 @@ def _value_info(name: str, index: GraphIndex) -> onnx.ValueInfoProto | None:
     return helper.make_tensor_value_info(name, dtype, shape)
 
 
-def quantized_unit(node: onnx.NodeProto, index: GraphIndex) -> list[onnx.NodeProto]:
-    """``node`` with the DequantizeLinear nodes that feed it and the QuantizeLinear nodes that read its outputs:
-    the node unit the QNN EP validates for a QDQ graph (the op on the quantised types), in topological order.
-    A float graph's node is its own unit."""
-    dequantize = [index.producer[name] for name in node.input
-                  if name and name in index.producer and index.producer[name].op_type == "DequantizeLinear"]
-    quantize = [user for name in node.output if name for user, _ in index.consumers.get(name, [])
-                if user.op_type == "QuantizeLinear"]
-    return [*dequantize, node, *quantize]
-
-
-def probe_model(model: onnx.ModelProto, nodes: list[onnx.NodeProto] | list[list[onnx.NodeProto]],
-                index: GraphIndex, prefix: str = "p") -> onnx.ModelProto:
-    """Independent subgraphs, one per node (or per node unit: a list of connected nodes, see
-    :func:`quantized_unit`): each unit's non-constant inputs from outside it become graph inputs, its constant
-    inputs initializers, its outputs graph outputs (all renamed per unit so the subgraphs never connect)."""
+def probe_model(model: onnx.ModelProto, nodes: list[onnx.NodeProto], index: GraphIndex,
+                prefix: str = "p") -> onnx.ModelProto:
+    """Independent single-op subgraphs: each node's non-constant inputs become graph inputs, its constant inputs
+    initializers, its outputs graph outputs (all renamed per node so the subgraphs never connect)."""
     inputs, outputs, initializers, new_nodes = [], [], [], []
-    for number, unit in enumerate(nodes):
-        unit = unit if isinstance(unit, list) else [unit]
+    for number, node in enumerate(nodes):
         tag = f"{prefix}{number}"
-        made_inside = {out for member in unit for out in member.output if out}
-        seen: set[str] = set()
-        for member in unit:
-            renamed_inputs = []
-            for name in member.input:
-                if not name:
-                    renamed_inputs.append("")
-                    continue
-                new_name = f"{tag}_{name}"
-                renamed_inputs.append(new_name)
-                if name in made_inside or new_name in seen:
-                    continue
-                seen.add(new_name)
-                constant = index.constant(name)
-                if constant is not None:
-                    initializers.append(numpy_helper.from_array(constant, new_name))
-                else:
-                    info = _value_info(name, index)
-                    if info is None:
-                        raise CheckFailed(f"support: node {member.name} input {name} has no static shape/type")
-                    info.name = new_name
-                    inputs.append(info)
-            renamed_outputs = []
-            for name in member.output:
-                if not name:
-                    renamed_outputs.append("")
-                    continue
-                new_name = f"{tag}_{name}"
-                renamed_outputs.append(new_name)
-                if member is not unit[-1] and len(unit) > 1 and member.op_type == "DequantizeLinear":
-                    continue  # internal to the unit
-                if member.op_type not in QDQ_OPS and any(u.op_type == "QuantizeLinear" for u in unit) and \
-                        any(name in u.input for u in unit if u.op_type == "QuantizeLinear"):
-                    continue  # the op's quantised output leaves through its QuantizeLinear
+        renamed_inputs = []
+        for name in node.input:
+            if not name:
+                renamed_inputs.append("")
+                continue
+            new_name = f"{tag}_{name}"
+            constant = index.constant(name)
+            if constant is not None:
+                initializers.append(numpy_helper.from_array(constant, new_name))
+            else:
                 info = _value_info(name, index)
-                out = helper.make_tensor_value_info(new_name, index.elem_type(name) or TensorProto.FLOAT, None) \
-                    if info is None else info
-                out.name = new_name
-                outputs.append(out)
-            copy = helper.make_node(member.op_type, renamed_inputs, renamed_outputs, name=f"{tag}__{member.name}",
-                                    domain=member.domain)
-            copy.attribute.extend(member.attribute)
-            new_nodes.append(copy)
+                if info is None:
+                    raise CheckFailed(f"support: node {node.name} input {name} has no static shape/type")
+                info.name = new_name
+                inputs.append(info)
+            renamed_inputs.append(new_name)
+        renamed_outputs = []
+        for name in node.output:
+            if not name:
+                renamed_outputs.append("")
+                continue
+            new_name = f"{tag}_{name}"
+            info = _value_info(name, index)
+            out = helper.make_tensor_value_info(new_name, index.elem_type(name) or TensorProto.FLOAT, None) \
+                if info is None else info
+            out.name = new_name
+            outputs.append(out)
+            renamed_outputs.append(new_name)
+        copy = helper.make_node(node.op_type, renamed_inputs, renamed_outputs, name=f"{tag}__{node.name}",
+                                domain=node.domain)
+        copy.attribute.extend(node.attribute)
+        new_nodes.append(copy)
     graph = helper.make_graph(new_nodes, "support_probe", inputs, outputs, initializers)
     probe = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
     return probe
@@ -221,11 +189,6 @@ def suggest_fix(node: onnx.NodeProto, index: GraphIndex, reason: str) -> str:
     ranks = [len(s) for s in (index.shape(n) for n in list(node.input) + list(node.output) if n) if s is not None]
     if node.op_type in OP_FIXES:
         return OP_FIXES[node.op_type]
-    scale = index.producer.get(node.input[1]) if node.op_type == "LayerNormalization" and len(node.input) > 1 \
-        else None
-    if scale is not None and scale.op_type == "DequantizeLinear":
-        return ("quantised LayerNormalization: the HTP takes its scale (gamma) as uint8 or symmetric int16, not int8 "
-                "or uint16 (qdq.layernorm_scale_overrides)")
     if ranks and max(ranks) > 4:
         return (f"rank-{max(ranks)} tensors: rewrite into <=4D views (legalize.lower_high_rank_transposes for "
                 "Transpose; a model-level rewrite such as rope-rank-reduction otherwise)")
@@ -237,7 +200,7 @@ def suggest_fix(node: onnx.NodeProto, index: GraphIndex, reason: str) -> str:
 def _probe(model: onnx.ModelProto, index: GraphIndex, reps: list[onnx.NodeProto], soc: str, work: Path,
            tag: str) -> tuple[dict[str, bool], dict[str, str]] | None:
     """Compile a probe of ``reps``; (original node name -> supported, -> reason), or None if the session failed."""
-    probe = probe_model(model, [quantized_unit(node, index) for node in reps], index, prefix=tag)
+    probe = probe_model(model, reps, index, prefix=tag)
     path = work / f"support_{tag}.onnx"
     onnx.save(probe, str(path))
     names = {f"{tag}{i}__{node.name}": node.name for i, node in enumerate(reps)}
