@@ -50,3 +50,14 @@ def test_refusal_without_skip_stops_with_the_reason(tmp_path):
     with pytest.raises(CheckFailed, match="Pyramidal DMD distils a pyramidal, frame-autoregressive sampler"):
         run_recipe(str(recipe), out=str(tmp_path / "run"), quiet=True)
     assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "failed"
+
+
+def test_on_refuse_must_be_fail_or_skip(tmp_path):
+    from neoc.errors import InputError
+    from neoc.recipe import load_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: builtin:bidit-tiny\non_refuse: maybe\npasses: []\n")
+    with pytest.raises(InputError, match=r"r.yaml:2: 'on_refuse' must be one of fail, skip"):
+        load_recipe(recipe)
+    assert load_recipe(EXAMPLE).on_refuse == "skip"
