@@ -285,6 +285,14 @@ def test_support_probe_bisects_when_the_probe_session_fails(monkeypatch, tmp_pat
     (bad,) = report.unsupported
     assert bad.op_type == "Erf" and bad.nodes == ["erf"] and "finalize" in bad.reason and "Gelu" in bad.fix
 
+    # a single op too large for the backend's memory when probed alone: no answer (left to the compile), not a
+    # rejection (the VAE decoder's fp16 [1, 32, 17, 64, 64] Reshape probes; the W8A16 graph compiles with 0 fallback)
+    monkeypatch.setattr(support, "_probe", lambda model, index, reps, soc, work, tag: (
+        {n.name: n.op_type != "Tanh" for n in reps},
+        {n.name: "Failed to finalize QNN graph. Error: QNN_COMMON_ERROR_MEM_ALLOC" for n in reps if n.op_type == "Tanh"}))
+    report = support.support_report(model, "g", "x-elite", tmp_path)
+    assert [op.op_type for op in report.unverified] == ["Tanh"] and not report.unsupported
+
 
 def test_weight_sharing_one_binary_for_three_shapes(tmp_path):
     """Three graphs with the same weights and different token counts (the denoiser stages) -> one binary."""
