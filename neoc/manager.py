@@ -113,7 +113,7 @@ class PassManager:
                     record = PassRecord(entry.name, "done", cached.get("seconds", 0.0), cached.get("metrics", {}),
                                         config_to_dict(entry.config), cfg_hash, input_hash,
                                         cached.get("output_hash", ""), key, cached=True,
-                                        artifacts=cached.get("artifacts", {}))
+                                        artifacts=cached.get("artifacts", {}), cpu_seconds=cached.get("cpu_seconds"))
                     log.info("pass %s: cached (key %s)", entry.name, key[:12])
                     self._record(record)
                     continue

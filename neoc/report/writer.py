@@ -55,7 +55,8 @@ def render_markdown(report: dict[str, Any]) -> str:
               else ["(no passes)"])
     timing = report.get("timing") or {}
     if timing.get("wall_seconds") is not None:
-        lines += ["", f"Run wall time {timing['wall_seconds']:.1f} s (passes {timing.get('passes_seconds', 0):.1f} s), "
+        lines += ["", f"Run wall time {timing['wall_seconds']:.1f} s (passes' recorded seconds, cached ones included: "
+                      f"{timing.get('passes_seconds', 0):.1f} s), "
                       f"CPU time {timing.get('cpu_seconds') or 0:.1f} s; "
                       f"load average at start {_fmt(timing.get('load_start'))}, at end {_fmt(timing.get('load_end'))}."]
     lines += ["", "## Cost", ""]
