@@ -69,3 +69,16 @@ def test_compare_latency_same_prompts_both_pipelines():
     assert result["before_seconds"] > 0 and result["after_seconds"] > 0
     assert len(result["before_runs"]) == len(result["after_runs"]) == 2
     assert result["nfe_before"] > result["nfe_after"] and result["ratio"] > 0
+
+
+def test_pass_images_are_shown_in_the_report():
+    r = synthetic_report()
+    r["passes"].insert(0, {"name": "swap-decoder", "status": "done", "seconds": 1.0, "metrics": {},
+                           "artifacts": {"samples": "passes/01-swap-decoder/artifacts/samples.png",
+                                         "decoder": "passes/01-swap-decoder/artifacts/decoder.safetensors"}})
+    md = render_markdown(r)
+    assert "## Pass images" in md
+    assert "![swap-decoder: samples](passes/01-swap-decoder/artifacts/samples.png)" in md
+    assert "decoder.safetensors)" not in md
+    assert "src='passes/01-swap-decoder/artifacts/samples.png'" in render_html(md)
+    assert "## Pass images" not in render_markdown(synthetic_report())

@@ -116,6 +116,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report.get("figures"):
         lines += ["", "## Figures", ""]
         lines += [f"![{name}]({path})" for name, path in report["figures"].items()]
+    lines += _pass_images_section(report)
     if report.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
     lines += ["", "## Lineage", ""]
@@ -168,6 +169,17 @@ def _sqnr_section(report: dict[str, Any]) -> list[str]:
         lines += ["", f"Toy-world total, float {m['quality_float']['total']:.4f} vs simulated W8A16 "
                       f"{m['quality_quantized']['total']:.4f}."]
     return lines
+
+
+def _pass_images_section(report: dict[str, Any]) -> list[str]:
+    """Images the passes wrote as artifacts (e.g. swap-decoder's original / native / new frames), paths
+    relative to the run folder the report sits in."""
+    images = [(p["name"], key, path) for p in report.get("passes", [])
+              for key, path in (p.get("artifacts") or {}).items()
+              if str(path).lower().endswith((".png", ".gif", ".jpg"))]
+    if not images:
+        return []
+    return ["", "## Pass images", ""] + [f"![{name}: {key}]({path})" for name, key, path in images]
 
 
 def render_html(markdown: str, title: str = "neoc report") -> str:
