@@ -9,7 +9,7 @@ reconstruction (mean colour under the object mask, nearest of the 6 palette colo
 ``--set`` overrides entries of the tiny VAE config (e.g. ``--set decoder_layers_per_block=[1,1,1,1]``).
 
 Measured 2026-11-22 on the shared 2-core CPU (1-2 threads, load ~4): conv AE 19.1 dB / colour 0.58 at step
-100 and 22.3 dB / 0.63 at 300; causal VAE (TINY_VAE_CONFIG) 10.0 dB / 0.38 at 100 and 14.8 dB / 0.08 at 150.
+100 and 22.3 dB / 0.63 at 300; causal VAE (TINY_VAE_CONFIG) 10.0 dB / 0.38 at 100 and 10.0 dB / 0.29 at 150.
 Removing all GroupNorms, removing the mid-block attention, a lower LR (3e-4), one resnet per decoder
 block, wider blocks [32, 64, 64, 64], or nearest-neighbour upsampling + conv in place of the depth-to-space
 upsampler did not close the gap (9.6-14.2 dB at step 50-150). Re-initialising every causal conv with

@@ -81,6 +81,7 @@ from neoc.config import ConfigValueError, config_to_dict, in_range
 from neoc.errors import CheckFailed, InputError
 from neoc.pass_api import Pass, PassContext, PassResult
 from neoc.registry import register_pass
+from neoc.train.vae_objective import psnr
 
 def _help(text: str) -> dict:
     return {"help": text}
@@ -427,10 +428,7 @@ class DecoderDistillation(nn.Module):
 
 
 # ---- evaluation ----------------------------------------------------------------------------------------------
-def psnr_db(reference: torch.Tensor, test: torch.Tensor) -> float:
-    """PSNR of videos in [-1, 1] (peak-to-peak 2), ``test`` clamped to that range first."""
-    mse = F.mse_loss(test.clamp(-1, 1).float(), reference.float()).item()
-    return float("inf") if mse == 0 else 10.0 * math.log10(4.0 / mse)
+psnr_db = psnr  # PSNR of videos in [-1, 1], test clamped first: the VAE objective's own measure
 
 
 @torch.no_grad()

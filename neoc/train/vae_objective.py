@@ -49,8 +49,8 @@ class VAEReconstructionObjective(nn.Module):
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         frames = batch["frames"]
         recon, posterior = self.reconstruct(frames, batch.get("latent_noise"))
-        recon = recon.float()
-        error = recon - frames.float()
+        recon, target = recon.float(), frames.float()
+        error = recon - target
         weight = batch.get("pixel_weight")
         if weight is None:
             l1, mse = error.abs().mean(), error.pow(2).mean()
@@ -64,7 +64,7 @@ class VAEReconstructionObjective(nn.Module):
         metrics = {"l1": l1.detach(), "mse": mse.detach(), "kl": kl.detach()}
         if self.lowres_weight > 0:
             pool = (1, 4, 4)
-            lowres = F.mse_loss(F.avg_pool3d(recon, pool), F.avg_pool3d(frames.float(), pool))
+            lowres = F.mse_loss(F.avg_pool3d(recon, pool), F.avg_pool3d(target, pool))
             loss = loss + self.lowres_weight * lowres
             metrics["lowres_mse"] = lowres.detach()
         return loss, metrics

@@ -183,8 +183,6 @@ class VAEBatches:
 
 
 def stage_vae(out: Path, cfg: dict) -> dict:
-    from safetensors.torch import save_file
-
     from neoc.train.loop import Trainer, TrainConfig, warmup_cosine
     from neoc.train.vae_objective import VAEReconstructionObjective
 
@@ -198,20 +196,28 @@ def stage_vae(out: Path, cfg: dict) -> dict:
                       TrainConfig(steps=steps, out_dir=out / "vae", seed=SEED, checkpoint_every=20, log_every=5,
                                   autocast="bf16", grad_clip=1.0, name="vae"))
     result = trainer.fit(VAEBatches(cfg))
-    if trainer.info.is_main:
-        modules = {"vae_encoder": objective.encoder, "vae_decoder": objective.decoder}
-        tensors = role_tensors({r: m.to(memory_format=torch.contiguous_format) for r, m in modules.items()})
-        save_file(tensors, str(out / "vae" / "vae.safetensors"))
-        summary = {"steps": result.steps, "final_loss": result.final_loss, "losses": result.losses,
-                   "wall_seconds": result.wall_seconds_total, "world_size": trainer.info.world_size}
-        (out / "vae" / "summary.json").write_text(json.dumps(summary, indent=1))
+    _save_vae(out / "vae", objective, trainer, result)
     return {}
+
+
+def _save_vae(folder: Path, objective, trainer, result) -> None:
+    """Main rank: the VAE's role-prefixed weights (``vae.safetensors``) and the run's ``summary.json``."""
+    from safetensors.torch import save_file
+
+    if not trainer.info.is_main:
+        return
+    modules = {"vae_encoder": objective.encoder, "vae_decoder": objective.decoder}
+    tensors = role_tensors({r: m.to(memory_format=torch.contiguous_format) for r, m in modules.items()})
+    save_file(tensors, str(folder / "vae.safetensors"))
+    summary = {"steps": result.steps, "final_loss": result.final_loss, "losses": result.losses,
+               "wall_seconds": result.wall_seconds_total, "world_size": trainer.info.world_size}
+    (folder / "summary.json").write_text(json.dumps(summary, indent=1))
 
 
 def _refine_vae(out: Path, cfg: dict, source: str, name: str, seed: int, batch_cfg: dict, lr: float,
                 steps: int, schedule_steps: int, lowres_weight: float = 0.0) -> None:
     """Deterministic autoencoding (z = posterior mode) of the whole VAE from ``out/source`` into ``out/name``."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from neoc.train.loop import Trainer, TrainConfig, warmup_cosine
     from neoc.train.vae_objective import VAEReconstructionObjective
@@ -229,13 +235,7 @@ def _refine_vae(out: Path, cfg: dict, source: str, name: str, seed: int, batch_c
                       TrainConfig(steps=steps, out_dir=out / name, seed=seed, checkpoint_every=20, log_every=5,
                                   autocast="bf16", grad_clip=1.0, name=name))
     result = trainer.fit(batches)
-    if trainer.info.is_main:
-        modules = {"vae_encoder": objective.encoder, "vae_decoder": objective.decoder}
-        tensors = role_tensors({r: m.to(memory_format=torch.contiguous_format) for r, m in modules.items()})
-        save_file(tensors, str(out / name / "vae.safetensors"))
-        summary = {"steps": result.steps, "final_loss": result.final_loss, "losses": result.losses,
-                   "wall_seconds": result.wall_seconds_total, "world_size": trainer.info.world_size}
-        (out / name / "summary.json").write_text(json.dumps(summary, indent=1))
+    _save_vae(out / name, objective, trainer, result)
 
 
 def stage_vae2(out: Path, cfg: dict) -> dict:
@@ -258,7 +258,7 @@ def stage_vae3(out: Path, cfg: dict) -> dict:
     the originals): the small object is a few percent of the pixel loss. Here object pixels weigh
     ``1 + vae3_fg_weight`` and a 4x4-pooled colour term is added (see neoc.train.vae_objective).
 
-    Opt-in (``--stages vae3``), not part of the default rebuild: measured 2026-11-22, 400 steps (~36 min on the
+    Opt-in (``--stages vae3``), not part of the default rebuild: measured 2026-11-22, 400 steps (725 s on the
     shared 2-core CPU) moved the round-trip semantic of 12 held-out toy videos only from 0.227 to 0.274 and the
     object colour stayed at chance (nearest-palette accuracy 0.14), so the shipped weights do not use it.
     ``bench/vae_learning_speed.py`` shows why: with the same data and loss this VAE config learns several

@@ -513,6 +513,15 @@ def block_swap_plan(shape: list[int], perm: list[int], max_rank: int = 4) -> lis
     return steps
 
 
+def _commit_nodes(model: onnx.ModelProto, new_nodes: list, changes: int) -> int:
+    """Replace the graph's nodes by ``new_nodes``; re-infer shapes when anything changed. Returns ``changes``."""
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes)
+    if changes:
+        model.CopyFrom(infer_shapes(model))
+    return changes
+
+
 def lower_high_rank_transposes(model: onnx.ModelProto, max_rank: int = 4) -> int:
     index = GraphIndex(model)
     namer = Namer(model, "lowered")
@@ -537,11 +546,7 @@ def lower_high_rank_transposes(model: onnx.ModelProto, max_rank: int = 4) -> int
         new_nodes.append(const_node(final_shape, np.array(out_shape, dtype=np.int64)))
         new_nodes.append(helper.make_node("Reshape", [current, final_shape], [node.output[0]], name=node.name))
         changes += 1
-    del model.graph.node[:]
-    model.graph.node.extend(new_nodes)
-    if changes:
-        model.CopyFrom(infer_shapes(model))
-    return changes
+    return _commit_nodes(model, new_nodes, changes)
 
 
 def lower_high_rank_gathers(model: onnx.ModelProto, max_rank: int = 4) -> int:
@@ -568,11 +573,7 @@ def lower_high_rank_gathers(model: onnx.ModelProto, max_rank: int = 4) -> int:
         new_nodes.append(const_node(final_shape, np.array(out_shape, dtype=np.int64)))
         new_nodes.append(helper.make_node("Reshape", [picked, final_shape], [node.output[0]], name=node.name))
         changes += 1
-    del model.graph.node[:]
-    model.graph.node.extend(new_nodes)
-    if changes:
-        model.CopyFrom(infer_shapes(model))
-    return changes
+    return _commit_nodes(model, new_nodes, changes)
 
 
 UNARY_OPS = {"Tanh", "Sigmoid", "Relu", "Exp", "Log", "Sqrt", "Neg", "Abs", "Erf", "Gelu", "Sin", "Cos",
@@ -668,11 +669,7 @@ def flatten_high_rank_ops(model: onnx.ModelProto, max_rank: int = 4) -> int:
         new_nodes.append(helper.make_node("Reshape", [flat_out, shape_name], [node.output[0]],
                                           name=namer("unview")))
         changes += 1
-    del model.graph.node[:]
-    model.graph.node.extend(new_nodes)
-    if changes:
-        model.CopyFrom(infer_shapes(model))
-    return changes
+    return _commit_nodes(model, new_nodes, changes)
 
 
 def shape_ops_to_reshape(model: onnx.ModelProto) -> int:
