@@ -10,7 +10,7 @@ Registered:
 
 * denoiser: ``RMSNorm`` (q/k norm), ``TemporalRoPE`` / ``TemporalRoPE4D`` (the RoPE table, one output),
   ``ApplyRoPE6D`` / ``ApplyRoPE4D`` (rotated q and k, two outputs);
-* VAE: ``CausalGroupNorm``, ``LatentNorm``; Wan-style decoder: ``CausalConv3d``, ``ChannelRMSNorm``;
+* VAE: ``CausalGroupNorm``, ``ChannelAffine``, ``LatentNorm``; Wan-style decoder: ``CausalConv3d``, ``ChannelRMSNorm``;
 * anything else neoc defines later: :func:`register_leaf` with the same one-output rule (``ensure_registered``
   does it for every unknown leaf class found in a component, so a new component does not break the pass).
 
@@ -59,11 +59,11 @@ def register_leaf(module_cls: type, num_outputs: int = 1) -> type:
 
 def _register_known() -> None:
     from neoc.deploy.rope import ApplyRoPE4D, TemporalRoPE4D
-    from neoc.models.causal_vae import CausalGroupNorm
+    from neoc.models.causal_vae import CausalGroupNorm, ChannelAffine
     from neoc.models.latent_norm import LatentNorm
     from neoc.models.mmdit import ApplyRoPE6D, RMSNorm, TemporalRoPE
 
-    for cls in (RMSNorm, TemporalRoPE, TemporalRoPE4D, CausalGroupNorm, LatentNorm):
+    for cls in (RMSNorm, TemporalRoPE, TemporalRoPE4D, CausalGroupNorm, ChannelAffine, LatentNorm):
         register_leaf(cls)
     for cls in (ApplyRoPE6D, ApplyRoPE4D):
         register_leaf(cls, num_outputs=2)
