@@ -151,6 +151,15 @@ class SwapDecoderConfig:
                                                      "same process, same latents, at the pipeline's frame size)"))
     latency_repeats: int = attrs.field(default=3, validator=in_range(1),
                                        metadata=_help("timed decodes per decoder after one warm-up (best is kept)"))
+    generated_videos: int = attrs.field(default=0, validator=in_range(0), metadata=_help(
+        "videos the pipeline's own sampler generates (toy-world train captions) before training; the new decoder "
+        "also learns to match the native decoder on their latents, the latents it will decode when deployed "
+        "(0 = off: reconstruction of encoder latents only, the paper's setting)"))
+    generated_weight: float = attrs.field(default=1.0, validator=in_range(0.0), metadata=_help(
+        "weight of the generated-latent term (same MSE / LPIPS weighting as the reconstruction term)"))
+    generated_eval_videos: int = attrs.field(default=2, validator=in_range(0), metadata=_help(
+        "held-out generated videos (toy-world eval captions) on which new vs native decodes are compared, when "
+        "generated_videos > 0"))
     autocast: Literal["auto", "bf16", "off"] = attrs.field(
         default="auto", metadata=_help("training precision (encode + decoder step): auto = bf16 where the device "
                                        "has native bf16 (CUDA, or a CPU with AVX512-BF16/AMX), else fp32"))
@@ -347,6 +356,47 @@ class PatchSource:
         return patches.mean(dim=(0, 2, 3, 4))  # [3]
 
 
+class GeneratedLatents:
+    """Latents the pipeline's own sampler generated and the native decoder's frames for them: the new decoder's
+    deployment inputs, where it should behave as the decoder the denoiser was trained with. Crops are
+    ``patch_frames`` from the start (latent frame 0 is always the image latent, as in a generated video) and a
+    random ``patch_size`` square: latents [C, T', s/8, s/8] with the matching crop of the *full* native decode
+    (what the whole-video decode looks like there), so no decode runs per step."""
+
+    def __init__(self, latents: torch.Tensor, frames: torch.Tensor, patch_frames: int, patch_size: int):
+        self.latents, self.frames = latents, frames  # [N, C, T, h, w], [N, 3, F, H, W]
+        self.latent_frames = min(latents.shape[2], 1 + (patch_frames - 1) // 8)
+        self.size = min(patch_size // 8, latents.shape[3], latents.shape[4])
+
+    @classmethod
+    @torch.no_grad()
+    def generate(cls, pipeline, native: nn.Module, count: int, seed: int, split: str, patch_frames: int,
+                 patch_size: int, progress=lambda it, desc: it) -> "GeneratedLatents":
+        from neoc.distill.data import toy_prompts
+        from neoc.distill.pyramid import encode_prompts
+        from neoc.distill.sampling import sample_latents
+
+        prompts = [p for p, _ in toy_prompts(count, seed, split)]
+        cond, uncond = encode_prompts(pipeline, prompts)
+        latents, frames = [], []
+        for i in progress(range(count), f"swap-decoder: generated latents ({split} captions)"):
+            z = sample_latents(pipeline, cond.rows([i]), uncond, pipeline.draw_noise(seed * 100_003 + i))
+            latents.append(z.float().cpu())
+            frames.append(native(z).float().clamp(-1, 1).cpu())
+        return cls(torch.cat(latents), torch.cat(frames), patch_frames, patch_size)
+
+    def sample(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(latents [1, C, T', s, s], native frames [1, 3, 1 + 8(T'-1), 8s, 8s])."""
+        index = int(torch.randint(self.latents.shape[0], (), generator=generator))
+        _, _, t, h, w = self.latents.shape
+        y0 = int(torch.randint(h - self.size + 1, (), generator=generator))
+        x0 = int(torch.randint(w - self.size + 1, (), generator=generator))
+        z = self.latents[index:index + 1, :, :self.latent_frames, y0:y0 + self.size, x0:x0 + self.size]
+        f = 1 + 8 * (self.latent_frames - 1)
+        x = self.frames[index:index + 1, :, :f, 8 * y0:8 * (y0 + self.size), 8 * x0:8 * (x0 + self.size)]
+        return z, x
+
+
 def resolve_autocast(choice: str, device: torch.device) -> str:
     """"bf16" or "off": ``auto`` picks bf16 only where the hardware runs it natively (it is emulated, and slow,
     elsewhere). Master weights stay fp32 either way; evaluation always runs in fp32."""
@@ -380,10 +430,11 @@ class PatchBatches:
     """
 
     def __init__(self, source: PatchSource, encoder: nn.Module, batch_size: int, pool_size: int, seed: int,
-                 device: torch.device | str = "cpu", autocast: str = "off"):
+                 device: torch.device | str = "cpu", autocast: str = "off", generated: GeneratedLatents | None = None):
         self.source, self.encoder, self.batch_size, self.autocast = source, encoder, batch_size, autocast
         self.pool_size, self.seed, self.device = pool_size, seed, device
         self.pool_frames = self.pool_latents = None
+        self.generated = generated  # adds one generated crop per step: {"gen_latents", "gen_frames"}
 
     def _fill_pool(self) -> None:
         """Encode the pool on the first batch (its own seeded generator: the same pool whenever it is built, so a
@@ -398,32 +449,49 @@ class PatchBatches:
             self._fill_pool()
         if self.pool_frames is not None:
             index = torch.randint(self.pool_frames.shape[0], (self.batch_size,), generator=ctx.generator)
-            return {"latents": self.pool_latents[index].to(ctx.device), "frames": self.pool_frames[index].to(ctx.device)}
-        frames = torch.stack([self.source.sample(ctx.generator) for _ in range(self.batch_size)]).to(ctx.device)
-        return {"latents": encode(self.encoder, frames, autocast=self.autocast), "frames": frames}
+            batch = {"latents": self.pool_latents[index].to(ctx.device),
+                     "frames": self.pool_frames[index].to(ctx.device)}
+        else:
+            frames = torch.stack([self.source.sample(ctx.generator) for _ in range(self.batch_size)]).to(ctx.device)
+            batch = {"latents": encode(self.encoder, frames, autocast=self.autocast), "frames": frames}
+        if self.generated is not None:
+            latents, frames = self.generated.sample(ctx.generator)
+            batch.update(gen_latents=latents.to(ctx.device), gen_frames=frames.to(ctx.device))
+        return batch
 
 
 # ---- objective -----------------------------------------------------------------------------------------------
 class DecoderDistillation(nn.Module):
-    """forward({"latents", "frames"}) -> (w_mse * MSE + w_lpips * LPIPS, metrics); only the decoder trains."""
+    """forward({"latents", "frames"[, "gen_latents", "gen_frames"]}) -> (loss, metrics); only the decoder trains.
 
-    def __init__(self, decoder: nn.Module, lpips: nn.Module | None, w_mse: float, w_lpips: float):
+    ``loss = w_mse * MSE + w_lpips * LPIPS`` of the reconstruction, plus ``generated_weight`` times the same of
+    the decode of generated latents against the native decoder's frames when the batch carries them."""
+
+    def __init__(self, decoder: nn.Module, lpips: nn.Module | None, w_mse: float, w_lpips: float,
+                 generated_weight: float = 0.0):
         super().__init__()
         self.decoder, self.lpips = decoder, lpips
-        self.w_mse, self.w_lpips = w_mse, w_lpips
+        self.w_mse, self.w_lpips, self.generated_weight = w_mse, w_lpips, generated_weight
 
-    def forward(self, batch: dict[str, torch.Tensor]):
+    def _term(self, latents: torch.Tensor, target: torch.Tensor, metrics: dict, prefix: str) -> torch.Tensor:
         from neoc.eval.lpips import video_lpips
 
-        frames = batch["frames"]
-        recon = self.decoder(batch["latents"]).float()  # [B, 3, F, H, W]
-        mse = F.mse_loss(recon, frames)
+        recon = self.decoder(latents).float()  # [B, 3, F, H, W]
+        mse = F.mse_loss(recon, target)
         loss = self.w_mse * mse
-        metrics = {"mse": mse.detach()}
+        metrics[f"{prefix}mse"] = mse.detach()
         if self.w_lpips > 0 and self.lpips is not None:
-            perceptual = video_lpips(self.lpips, recon, frames).mean()
+            perceptual = video_lpips(self.lpips, recon, target).mean()
             loss = loss + self.w_lpips * perceptual
-            metrics["lpips"] = perceptual.detach()
+            metrics[f"{prefix}lpips"] = perceptual.detach()
+        return loss
+
+    def forward(self, batch: dict[str, torch.Tensor]):
+        metrics: dict[str, torch.Tensor] = {}
+        loss = self._term(batch["latents"], batch["frames"], metrics, "")
+        if "gen_latents" in batch and self.generated_weight > 0:
+            loss = loss + self.generated_weight * self._term(batch["gen_latents"], batch["gen_frames"], metrics,
+                                                             "gen_")
         return loss, metrics
 
 
@@ -461,6 +529,21 @@ def reconstruct(encoder: nn.Module, decoders: dict[str, nn.Module], videos: list
                 first[name] = recon[0].clamp(-1, 1)
     out["_first"] = first
     return out
+
+
+@torch.no_grad()
+def generated_agreement(decoder: nn.Module, held_out: GeneratedLatents) -> dict:
+    """The new decoder against the native one on held-out generated latents (whole videos): PSNR of new vs native
+    frames, and each decoder's mean absolute frame-to-frame change (flicker shows up as a larger one)."""
+    psnrs, change_native, change_new = [], [], []
+    for index in range(held_out.latents.shape[0]):
+        native = held_out.frames[index:index + 1]
+        new = decoder(held_out.latents[index:index + 1]).float().clamp(-1, 1)
+        psnrs.append(psnr_db(native, new))
+        change_native.append(float((native[:, :, 1:] - native[:, :, :-1]).abs().mean()))
+        change_new.append(float((new[:, :, 1:] - new[:, :, :-1]).abs().mean()))
+    return {"eval_videos": len(psnrs), "psnr_new_vs_native_db": _mean(psnrs),
+            "frame_change_native": _mean(change_native), "frame_change_new": _mean(change_new)}
 
 
 @torch.no_grad()
@@ -606,14 +689,31 @@ class SwapDecoder(Pass):
         init_output_bias(decoder, source.mean_rgb(torch.Generator().manual_seed(ctx.seed)))
         lpips = LPIPS(cfg.lpips_net)
 
+        # ---- generated latents: what the denoiser will hand this decoder, with the native decoder's frames
+        generated = generated_eval = None
+        generation_seconds = 0.0
+        if cfg.generated_videos:
+            start = time.perf_counter()
+            progress = lambda items, desc: ctx.progress(items, desc)  # noqa: E731
+            generated = GeneratedLatents.generate(pipeline, native, cfg.generated_videos, ctx.seed + 23, "train",
+                                                  cfg.patch_frames, cfg.patch_size, progress)
+            if cfg.generated_eval_videos:
+                generated_eval = GeneratedLatents.generate(pipeline, native, cfg.generated_eval_videos, ctx.seed + 29,
+                                                           "eval", cfg.patch_frames, cfg.patch_size, progress)
+            generation_seconds = time.perf_counter() - start
+            log.info("swap-decoder: %d generated training videos (+%d held out) in %.1f s", cfg.generated_videos,
+                     cfg.generated_eval_videos, generation_seconds)
+
         # ---- train (shared trainer: checkpoints + resume in a folder keyed by everything that shapes the result)
+        denoiser_hash = state_hash(pipeline.component("denoiser").state_dict()) if cfg.generated_videos else None
         fingerprint = _fingerprint(state_hash(encoder.state_dict()), pipeline_latent_norm(pipeline),
                                    config_to_dict(cfg), ctx.seed, sorted(eval_names), [c.name for c in train_clips],
-                                   spec.name, [height, width])
+                                   spec.name, [height, width], denoiser_hash)
         out_dir = ctx.work_dir / "train" / f"{cfg.family}-{fingerprint}"
         encoder.to(info.device)
         precision = resolve_autocast(cfg.autocast, info.device)
-        batches = PatchBatches(source, encoder, cfg.batch_size, cfg.pool_size, ctx.seed + 17, info.device, precision)
+        batches = PatchBatches(source, encoder, cfg.batch_size, cfg.pool_size, ctx.seed + 17, info.device, precision,
+                               generated)
         result = self._train(decoder, lpips, batches, out_dir, ctx, precision)
         decoder = decoder.to(home).eval()
         encoder.to(home)
@@ -670,6 +770,10 @@ class SwapDecoder(Pass):
                         "blocks_per_stage": decoder_blocks(pipeline, cfg)},
         }
         metrics["psnr_gap_db"] = metrics["psnr_native_db"] - metrics["psnr_new_db"]
+        if generated is not None:
+            metrics["generated"] = {"videos": cfg.generated_videos, "weight": cfg.generated_weight,
+                                    "seconds": round(generation_seconds, 2),
+                                    **(generated_agreement(decoder, generated_eval) if generated_eval else {})}
         metrics["psnr_by_frame_db"] = {  # latent normalisation: the image-latent frame vs the video-latent frames
             name: {"first_frame": _mean(primary[name]["psnr_first_db"]),
                    "later_frames": _mean(primary[name]["psnr_rest_db"])} for name in decoders}
@@ -703,7 +807,8 @@ class SwapDecoder(Pass):
         from neoc.train.loop import TrainConfig, Trainer, warmup_cosine
 
         cfg = self.config
-        objective = DecoderDistillation(decoder, lpips, cfg.w_mse, cfg.w_lpips)
+        objective = DecoderDistillation(decoder, lpips, cfg.w_mse, cfg.w_lpips,
+                                        cfg.generated_weight if cfg.generated_videos else 0.0)
         optimizer = torch.optim.AdamW(decoder.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
         train_config = TrainConfig(steps=cfg.steps, out_dir=out_dir, seed=ctx.seed, ema_decay=cfg.ema_decay or None,
                                    checkpoint_every=cfg.checkpoint_every, keep_checkpoints=1,

@@ -265,3 +265,37 @@ def test_decode_latency_times_both_decoders_on_the_same_latents():
     assert set(seconds) == {"native", "new"}
     assert all(v["wall"] >= 0 and v["cpu"] >= 0 for v in seconds.values())
     assert len(seen) == 6 and all(x is seen[0] for x in seen)  # one warm-up + 2 rounds each, same tensor
+
+
+def test_generated_latents_train_and_report_agreement_with_the_native_decoder(tiny_pipeline, clip_root, tmp_path,
+                                                                             monkeypatch):
+    """generated_videos > 0: the pipeline's own sampler makes latents, the native decoder their targets; each step
+    adds one generated crop (frames from the start, the full decode's crop), and held-out generated videos
+    compare new vs native."""
+    from neoc.ir.schedule import Schedule
+    from neoc.passes.swap_decoder import DecoderDistillation, GeneratedLatents
+
+    monkeypatch.setenv("NEOC_DATA_DIR", str(clip_root))
+    pipeline = tiny_pipeline.clone()
+    pipeline.with_schedule(Schedule(first_frame_steps=(1, 1, 1), video_steps=(1, 1, 1), guidance_scale=3.0,
+                                    video_guidance_scale=2.0, label="one-step"))
+    native = pipeline.component("vae_decoder").eval()
+    held = GeneratedLatents.generate(pipeline, native, 1, 5, "eval", patch_frames=9, patch_size=32)
+    assert held.latents.shape == (1, 16, 7, 8, 8) and held.frames.shape == (1, 3, 49, 64, 64)
+    z, x = held.sample(torch.Generator().manual_seed(0))
+    assert z.shape == (1, 16, 2, 4, 4) and x.shape == (1, 3, 9, 32, 32)
+    full = held.frames[:, :, :9]
+    assert any(torch.equal(x, full[..., y:y + 32, c:c + 32]) for y in range(0, 33, 8) for c in range(0, 33, 8))
+
+    decoder = TAEHVDecoder(16, (16, 8, 8, 8), 1)
+    batch = {"latents": z, "frames": x, "gen_latents": z, "gen_frames": x}
+    with_term, metrics = DecoderDistillation(decoder, None, 1.0, 0.0, generated_weight=2.0)(batch)
+    without, _ = DecoderDistillation(decoder, None, 1.0, 0.0)(batch)
+    assert torch.allclose(with_term, 3.0 * without) and "gen_mse" in metrics
+
+    pass_cls = registry.get_pass("swap-decoder")
+    result, _ = pass_cls(swap_config(generated_videos=1, generated_eval_videos=1)).apply(
+        pipeline, PassContext(seed=0, work_dir=tmp_path, quiet=True))
+    generated = result.metrics["generated"]
+    assert generated["videos"] == 1 and generated["eval_videos"] == 1
+    assert math.isfinite(generated["psnr_new_vs_native_db"]) and generated["frame_change_new"] >= 0
