@@ -132,6 +132,7 @@ def test_pixel_weight_and_lowres_terms_of_the_vae_objective():
     objective = VAEReconstructionObjective.__new__(VAEReconstructionObjective)
     torch.nn.Module.__init__(objective)
     objective.kl_weight, objective.freeze_encoder, objective.lowres_weight = 0.0, False, 0.0
+    objective.temporal_weight = 0.0
 
     class Posterior:
         mean = torch.zeros(1)
@@ -151,6 +152,15 @@ def test_pixel_weight_and_lowres_terms_of_the_vae_objective():
     objective.lowres_weight = 1.0
     _, metrics = objective({"frames": frames})
     assert float(metrics["lowres_mse"]) == pytest.approx(0.0, abs=1e-7)
+    # temporal term: a constant offset on every frame has no temporal error; alternating frames (flicker) do
+    objective.lowres_weight, objective.temporal_weight = 0.0, 1.0
+    frames = torch.zeros(1, 3, 4, 8, 8)
+    recon = frames + 0.5
+    _, metrics = objective({"frames": frames})
+    assert float(metrics["temporal_mse"]) == pytest.approx(0.0, abs=1e-7)
+    recon = frames + torch.tensor([0.0, 0.5, 0.0, 0.5]).view(1, 1, 4, 1, 1)
+    _, metrics = objective({"frames": frames})
+    assert float(metrics["temporal_mse"]) == pytest.approx(0.25)
 
 
 def test_vae_batches_carry_object_masks_when_asked():

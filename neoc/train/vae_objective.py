@@ -8,7 +8,10 @@ Two optional terms serve the toy world, whose objects cover a few percent of a f
 plain pixel loss (a VAE trained with it alone reconstructs the textured background and loses the object's
 colour and shape): a per-pixel weight map in the batch (``"pixel_weight"`` [B, 1, F, H, W], e.g.
 ``1 + w * object mask``; the weighted L1 and MSE are divided by the mean weight) and ``lowres_weight * MSE``
-between 4x4-average-pooled frames (colour and position at roughly the latent resolution).
+between 4x4-average-pooled frames (colour and position at roughly the latent resolution). A third,
+``temporal_weight * MSE`` between the frame-to-frame differences of the reconstruction and of the target, asks
+for the target's motion and nothing else between frames: it penalises flicker (frames of one latent group that
+differ where the video does not) directly.
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ class VAEReconstructionObjective(nn.Module):
     """forward({"frames" [B,3,1+8k,H,W] in [-1,1], "latent_noise" [B,16,1+k,H/8,W/8]}) -> (loss, metrics)."""
 
     def __init__(self, encoder: VAELatentEncoder, decoder: VAELatentDecoder, kl_weight: float = 1e-4,
-                 freeze_encoder: bool = False, lowres_weight: float = 0.0):
+                 freeze_encoder: bool = False, lowres_weight: float = 0.0, temporal_weight: float = 0.0):
         super().__init__()
         self.lowres_weight = lowres_weight
+        self.temporal_weight = temporal_weight
         self.encoder = encoder  # .encoder, .quant_conv
         self.decoder = decoder  # .post_quant_conv, .decoder
         self.kl_weight = kl_weight
@@ -67,6 +71,10 @@ class VAEReconstructionObjective(nn.Module):
             lowres = F.mse_loss(F.avg_pool3d(recon, pool), F.avg_pool3d(target, pool))
             loss = loss + self.lowres_weight * lowres
             metrics["lowres_mse"] = lowres.detach()
+        if self.temporal_weight > 0 and recon.shape[2] > 1:
+            temporal = F.mse_loss(recon.diff(dim=2), target.diff(dim=2))
+            loss = loss + self.temporal_weight * temporal
+            metrics["temporal_mse"] = temporal.detach()
         return loss, metrics
 
 

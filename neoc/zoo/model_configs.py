@@ -91,9 +91,9 @@ TINY_VAE_CONFIG: dict = {
     **copy.deepcopy(SD3_VAE_CONFIG),
     "decoder_block_out_channels": [16, 32, 64, 64],
     "decoder_layers_per_block": [2, 2, 2, 2],
-    "decoder_norm_num_groups": 8,
+    "decoder_norm_num_groups": 0,  # per-channel affine, no GroupNorm statistics (causal_vae.ChannelAffine)
     "encoder_block_out_channels": [16, 32, 64, 64],
     "encoder_layers_per_block": [1, 1, 1, 1],
-    "encoder_norm_num_groups": 8,
+    "encoder_norm_num_groups": 0,
     "sample_size": 64,
 }
