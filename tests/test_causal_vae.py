@@ -256,7 +256,7 @@ def test_inflated_init_starts_as_per_frame_2d_convs_with_identity_blocks():
                 fan_in = weight.shape[1] * weight.shape[3] * weight.shape[4]
                 assert abs(weight[:, :, -1].std().item() * fan_in ** 0.5 - 1.0) < 0.35
     block = vae.decoder.up_blocks[0].resnets[0]
-    x = torch.randn(1, block.norm1.num_channels, 3, 4, 4)
+    x = torch.randn(1, block.conv1.conv.in_channels, 3, 4, 4)
     assert torch.equal(block(x), x)  # zero second conv, no shortcut: the identity
     # per-frame 2D at init: frame 1's latent does not depend on frame 0's pixels
     video = torch.rand(1, 3, 9, 32, 32)
