@@ -372,18 +372,13 @@ class GeneratedLatents:
     @torch.no_grad()
     def generate(cls, pipeline, native: nn.Module, count: int, seed: int, split: str, patch_frames: int,
                  patch_size: int, progress=lambda it, desc: it) -> "GeneratedLatents":
-        from neoc.distill.data import toy_prompts
-        from neoc.distill.pyramid import encode_prompts
-        from neoc.distill.sampling import sample_latents
+        """The teacher's samples for ``count`` toy-world ``split`` captions (neoc.distill.data.teacher_data, the
+        pipeline's schedule), each decoded once by ``native``."""
+        from neoc.distill.data import teacher_data
 
-        prompts = [p for p, _ in toy_prompts(count, seed, split)]
-        cond, uncond = encode_prompts(pipeline, prompts)
-        latents, frames = [], []
-        for i in progress(range(count), f"swap-decoder: generated latents ({split} captions)"):
-            z = sample_latents(pipeline, cond.rows([i]), uncond, pipeline.draw_noise(seed * 100_003 + i))
-            latents.append(z.float().cpu())
-            frames.append(native(z).float().clamp(-1, 1).cpu())
-        return cls(torch.cat(latents), torch.cat(frames), patch_frames, patch_size)
+        latents = teacher_data(pipeline, count, seed, progress=progress, split=split).latents.float()
+        frames = torch.cat([native(z[None]).float().clamp(-1, 1) for z in latents])
+        return cls(latents.cpu(), frames.cpu(), patch_frames, patch_size)
 
     def sample(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(latents [1, C, T', s, s], native frames [1, 3, 1 + 8(T'-1), 8s, 8s])."""
@@ -694,12 +689,11 @@ class SwapDecoder(Pass):
         generation_seconds = 0.0
         if cfg.generated_videos:
             start = time.perf_counter()
-            progress = lambda items, desc: ctx.progress(items, desc)  # noqa: E731
             generated = GeneratedLatents.generate(pipeline, native, cfg.generated_videos, ctx.seed + 23, "train",
-                                                  cfg.patch_frames, cfg.patch_size, progress)
+                                                  cfg.patch_frames, cfg.patch_size, ctx.progress)
             if cfg.generated_eval_videos:
                 generated_eval = GeneratedLatents.generate(pipeline, native, cfg.generated_eval_videos, ctx.seed + 29,
-                                                           "eval", cfg.patch_frames, cfg.patch_size, progress)
+                                                           "eval", cfg.patch_frames, cfg.patch_size, ctx.progress)
             generation_seconds = time.perf_counter() - start
             log.info("swap-decoder: %d generated training videos (+%d held out) in %.1f s", cfg.generated_videos,
                      cfg.generated_eval_videos, generation_seconds)

@@ -74,11 +74,11 @@ def toyworld_data(pipe, count: int, seed: int, progress: Callable = lambda it, d
 
 @torch.no_grad()
 def teacher_data(pipe, count: int, seed: int, schedule=None,
-                 progress: Callable = lambda it, desc: it) -> DistillData:
-    """``count`` teacher samples (latents) for toy-world train captions, with the pipeline's schedule."""
+                 progress: Callable = lambda it, desc: it, split: str = "train") -> DistillData:
+    """``count`` teacher samples (latents) for toy-world ``split`` captions, with the pipeline's schedule."""
     from neoc.distill.sampling import sample_latents
 
-    prompts = [p for p, _ in toy_prompts(count, seed)]
+    prompts = [p for p, _ in toy_prompts(count, seed, split)]
     cond, uncond = encode_prompts(pipe, prompts)
     latents = []
     for i in progress(range(count), "distill data (teacher samples)"):

@@ -133,12 +133,11 @@ def probe_model(model: onnx.ModelProto, nodes: list[onnx.NodeProto], index: Grap
     inputs, outputs, initializers, new_nodes = [], [], [], []
     for number, node in enumerate(nodes):
         tag = f"{prefix}{number}"
-        renamed_inputs = []
-        for name in node.input:
+        renamed_inputs = [f"{tag}_{name}" if name else "" for name in node.input]
+        renamed_outputs = [f"{tag}_{name}" if name else "" for name in node.output]
+        for name, new_name in zip(node.input, renamed_inputs):
             if not name:
-                renamed_inputs.append("")
                 continue
-            new_name = f"{tag}_{name}"
             constant = index.constant(name)
             if constant is not None:
                 initializers.append(numpy_helper.from_array(constant, new_name))
@@ -148,19 +147,14 @@ def probe_model(model: onnx.ModelProto, nodes: list[onnx.NodeProto], index: Grap
                     raise CheckFailed(f"support: node {node.name} input {name} has no static shape/type")
                 info.name = new_name
                 inputs.append(info)
-            renamed_inputs.append(new_name)
-        renamed_outputs = []
-        for name in node.output:
+        for name, new_name in zip(node.output, renamed_outputs):
             if not name:
-                renamed_outputs.append("")
                 continue
-            new_name = f"{tag}_{name}"
             info = _value_info(name, index)
             out = helper.make_tensor_value_info(new_name, index.elem_type(name) or TensorProto.FLOAT, None) \
                 if info is None else info
             out.name = new_name
             outputs.append(out)
-            renamed_outputs.append(new_name)
         copy = helper.make_node(node.op_type, renamed_inputs, renamed_outputs, name=f"{tag}__{node.name}",
                                 domain=node.domain)
         copy.attribute.extend(node.attribute)
