@@ -122,6 +122,9 @@ class SwapDecoderConfig:
                                    "pipelines, a small set otherwise"))
     blocks_per_stage: int = attrs.field(default=0, validator=in_range(0),
                                         metadata=_help("blocks per decoder stage; 0 = the family's default"))
+    w_temporal: float = attrs.field(default=0.0, validator=in_range(0.0), metadata=_help(
+        "weight of an MSE between the frame-to-frame differences of the new and the target decode (0 = the "
+        "paper's loss; > 0 asks the per-frame-convolutional student for the target's motion, against flicker)"))
     lpips_net: Literal["alex", "vgg"] = attrs.field(default="alex", metadata=_help("LPIPS backbone"))
     toy_fraction: float = attrs.field(default=0.5, validator=in_range(0.0, 1.0),
                                       metadata=_help("share of training patches cut from toy-world renders"))
@@ -459,17 +462,20 @@ class PatchBatches:
 class DecoderDistillation(nn.Module):
     """forward({"latents", "frames"[, "gen_latents", "gen_frames"]}) -> (loss, metrics); only the decoder trains.
 
-    ``loss = w_mse * MSE + w_lpips * LPIPS`` of the reconstruction, plus ``generated_weight`` times the same of
-    the decode of generated latents against the native decoder's frames when the batch carries them."""
+    ``loss = w_mse * MSE + w_lpips * LPIPS + w_temporal * MSE(frame differences)`` of the reconstruction, plus
+    ``generated_weight`` times the same of the decode of generated latents against the native decoder's frames
+    when the batch carries them."""
 
     def __init__(self, decoder: nn.Module, lpips: nn.Module | None, w_mse: float, w_lpips: float,
-                 generated_weight: float = 0.0):
+                 generated_weight: float = 0.0, w_temporal: float = 0.0):
         super().__init__()
         self.decoder, self.lpips = decoder, lpips
         self.w_mse, self.w_lpips, self.generated_weight = w_mse, w_lpips, generated_weight
+        self.w_temporal = w_temporal
 
     def _term(self, latents: torch.Tensor, target: torch.Tensor, metrics: dict, prefix: str) -> torch.Tensor:
         from neoc.eval.lpips import video_lpips
+        from neoc.train.vae_objective import temporal_difference_mse
 
         recon = self.decoder(latents).float()  # [B, 3, F, H, W]
         mse = F.mse_loss(recon, target)
@@ -479,6 +485,10 @@ class DecoderDistillation(nn.Module):
             perceptual = video_lpips(self.lpips, recon, target).mean()
             loss = loss + self.w_lpips * perceptual
             metrics[f"{prefix}lpips"] = perceptual.detach()
+        if self.w_temporal > 0 and recon.shape[2] > 1:
+            temporal = temporal_difference_mse(recon, target)
+            loss = loss + self.w_temporal * temporal
+            metrics[f"{prefix}temporal_mse"] = temporal.detach()
         return loss
 
     def forward(self, batch: dict[str, torch.Tensor]):
@@ -802,7 +812,7 @@ class SwapDecoder(Pass):
 
         cfg = self.config
         objective = DecoderDistillation(decoder, lpips, cfg.w_mse, cfg.w_lpips,
-                                        cfg.generated_weight if cfg.generated_videos else 0.0)
+                                        cfg.generated_weight if cfg.generated_videos else 0.0, cfg.w_temporal)
         optimizer = torch.optim.AdamW(decoder.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
         train_config = TrainConfig(steps=cfg.steps, out_dir=out_dir, seed=ctx.seed, ema_decay=cfg.ema_decay or None,
                                    checkpoint_every=cfg.checkpoint_every, keep_checkpoints=1,

@@ -299,3 +299,28 @@ def test_generated_latents_train_and_report_agreement_with_the_native_decoder(ti
     generated = result.metrics["generated"]
     assert generated["videos"] == 1 and generated["eval_videos"] == 1
     assert math.isfinite(generated["psnr_new_vs_native_db"]) and generated["frame_change_new"] >= 0
+
+
+def test_temporal_term_penalises_flicker_not_a_constant_offset():
+    from neoc.passes.swap_decoder import DecoderDistillation
+
+    class Fixed(torch.nn.Module):  # a "decoder" that returns a given video, whatever the latents
+        def __init__(self, video):
+            super().__init__()
+            self.video = video
+
+        def forward(self, latents):
+            return self.video
+
+    target = torch.linspace(-0.5, 0.5, 9).view(1, 1, 9, 1, 1).expand(1, 3, 9, 4, 4).contiguous()
+    offset = target + 0.2                                                    # same motion, wrong level
+    flicker = target + 0.2 * torch.tensor([1.0, -1.0] * 4 + [1.0]).view(1, 1, 9, 1, 1)  # same error size, flickers
+    batch = {"latents": torch.zeros(1, 16, 2, 1, 1), "frames": target}
+    losses = {}
+    for name, video in (("offset", offset), ("flicker", flicker)):
+        plain, _ = DecoderDistillation(Fixed(video), None, 1.0, 0.0)(batch)
+        with_term, metrics = DecoderDistillation(Fixed(video), None, 1.0, 0.0, w_temporal=10.0)(batch)
+        assert torch.allclose(plain, torch.tensor(0.04))  # the per-frame MSE cannot tell them apart
+        losses[name] = float(with_term)
+        assert "temporal_mse" in metrics
+    assert losses["offset"] == pytest.approx(0.04) and losses["flicker"] > 0.04 + 10 * 0.1

@@ -27,6 +27,12 @@ from neoc.models.causal_vae import DiagonalGaussianDistribution
 from neoc.models.latent_norm import VAELatentDecoder, VAELatentEncoder
 
 
+def temporal_difference_mse(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE between the frame-to-frame differences of two videos [B, C, F, H, W] (F >= 2): zero for a
+    reconstruction whose frames change exactly as the target's do, whatever its per-frame error."""
+    return F.mse_loss(recon.diff(dim=2), target.diff(dim=2))
+
+
 class VAEReconstructionObjective(nn.Module):
     """forward({"frames" [B,3,1+8k,H,W] in [-1,1], "latent_noise" [B,16,1+k,H/8,W/8]}) -> (loss, metrics)."""
 
@@ -72,7 +78,7 @@ class VAEReconstructionObjective(nn.Module):
             loss = loss + self.lowres_weight * lowres
             metrics["lowres_mse"] = lowres.detach()
         if self.temporal_weight > 0 and recon.shape[2] > 1:
-            temporal = F.mse_loss(recon.diff(dim=2), target.diff(dim=2))
+            temporal = temporal_difference_mse(recon, target)
             loss = loss + self.temporal_weight * temporal
             metrics["temporal_mse"] = temporal.detach()
         return loss, metrics
