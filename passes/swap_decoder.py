@@ -81,7 +81,7 @@ from neoc.config import ConfigValueError, config_to_dict, in_range
 from neoc.errors import CheckFailed, InputError
 from neoc.pass_api import Pass, PassContext, PassResult
 from neoc.registry import register_pass
-from neoc.train.vae_objective import psnr
+from neoc.train.vae_objective import add_temporal_term, psnr
 
 def _help(text: str) -> dict:
     return {"help": text}
@@ -475,7 +475,6 @@ class DecoderDistillation(nn.Module):
 
     def _term(self, latents: torch.Tensor, target: torch.Tensor, metrics: dict, prefix: str) -> torch.Tensor:
         from neoc.eval.lpips import video_lpips
-        from neoc.train.vae_objective import temporal_difference_mse
 
         recon = self.decoder(latents).float()  # [B, 3, F, H, W]
         mse = F.mse_loss(recon, target)
@@ -485,11 +484,7 @@ class DecoderDistillation(nn.Module):
             perceptual = video_lpips(self.lpips, recon, target).mean()
             loss = loss + self.w_lpips * perceptual
             metrics[f"{prefix}lpips"] = perceptual.detach()
-        if self.w_temporal > 0 and recon.shape[2] > 1:
-            temporal = temporal_difference_mse(recon, target)
-            loss = loss + self.w_temporal * temporal
-            metrics[f"{prefix}temporal_mse"] = temporal.detach()
-        return loss
+        return add_temporal_term(loss, recon, target, self.w_temporal, metrics, f"{prefix}temporal_mse")
 
     def forward(self, batch: dict[str, torch.Tensor]):
         metrics: dict[str, torch.Tensor] = {}

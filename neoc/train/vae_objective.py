@@ -33,6 +33,17 @@ def temporal_difference_mse(recon: torch.Tensor, target: torch.Tensor) -> torch.
     return F.mse_loss(recon.diff(dim=2), target.diff(dim=2))
 
 
+def add_temporal_term(loss: torch.Tensor, recon: torch.Tensor, target: torch.Tensor, weight: float,
+                      metrics: dict, name: str = "temporal_mse") -> torch.Tensor:
+    """``loss + weight * temporal_difference_mse`` (recorded as ``metrics[name]``) when ``weight > 0`` and the
+    videos have more than one frame; else ``loss`` unchanged."""
+    if weight <= 0 or recon.shape[2] < 2:
+        return loss
+    temporal = temporal_difference_mse(recon, target)
+    metrics[name] = temporal.detach()
+    return loss + weight * temporal
+
+
 class VAEReconstructionObjective(nn.Module):
     """forward({"frames" [B,3,1+8k,H,W] in [-1,1], "latent_noise" [B,16,1+k,H/8,W/8]}) -> (loss, metrics)."""
 
@@ -77,11 +88,7 @@ class VAEReconstructionObjective(nn.Module):
             lowres = F.mse_loss(F.avg_pool3d(recon, pool), F.avg_pool3d(target, pool))
             loss = loss + self.lowres_weight * lowres
             metrics["lowres_mse"] = lowres.detach()
-        if self.temporal_weight > 0 and recon.shape[2] > 1:
-            temporal = temporal_difference_mse(recon, target)
-            loss = loss + self.temporal_weight * temporal
-            metrics["temporal_mse"] = temporal.detach()
-        return loss, metrics
+        return add_temporal_term(loss, recon, target, self.temporal_weight, metrics), metrics
 
 
 def psnr(reference: torch.Tensor, test: torch.Tensor) -> float:
