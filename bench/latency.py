@@ -2,12 +2,15 @@
 
     python bench/latency.py --run runs/neodragon [--prompts 2] [--threads N] [--baseline SRC] [--json]
 
-The baseline is the run's model source (report.json "model", e.g. builtin:pyramid-tiny) and the compiled
-pipeline is the run folder's ``pipeline/`` (the transformed pipeline, float32 torch on this CPU: W8A16 encodings
-are attached but not applied, as in ``neoc run``). The measurement is :func:`neoc.eval.latency.compare_latency`,
-the one ``neoc run`` writes to report.json "latency": one warm-up each, then timed generations alternating
-baseline / compiled on the first eval prompts, median seconds per video. Prints the result next to the run's
-own figure; ``--json`` prints the result only; ``--write`` also saves it as ``RUN/latency_bench.json``.
+The baseline is the run's model source (report.json "model", e.g. builtin:pyramid-tiny). The compiled pipeline,
+as in ``neoc run``: when the run built the hexagon target (``target/graphs.json``), its legalised graphs
+(``target/legal/*.onnx``) run by ONNX Runtime's CPU EP over the run folder's ``pipeline/`` schedule
+(:mod:`neoc.targets.hexagon.host`), with the torch form of ``pipeline/`` timed alongside ("others.torch");
+without a target (or with ``--torch``) the float32 torch ``pipeline/`` only. W8A16 encodings are not applied in
+either form. The measurement is :func:`neoc.eval.latency.compare_latency`, the one ``neoc run`` writes to
+report.json "latency": one warm-up each, then timed generations alternating baseline / compiled (/ torch) on the
+first eval prompts, median seconds per video. Prints the result next to the run's own figure; ``--json`` prints
+the result only; ``--write`` also saves it as ``RUN/latency_bench.json``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=2, help="timed prompts per pipeline (after one warm-up)")
     parser.add_argument("--baseline", default=None, help="baseline model source (default: the run's model)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--torch", action="store_true", help="time the torch pipeline/ even when target graphs exist")
     parser.add_argument("--json", action="store_true", help="print the result as JSON only")
     parser.add_argument("--write", action="store_true", help="also write RUN/latency_bench.json")
     args = parser.parse_args(argv)
@@ -49,7 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     baseline = sources.load_source(args.baseline or report["model"])
     compiled = load_pipeline(args.run / "pipeline")
     prompts = [p for p, _ in eval_prompts(args.prompts, seed)]
-    result = compare_latency(baseline, compiled, prompts, seed=seed)
+    target = args.run / "target"
+    if (target / "graphs.json").is_file() and not args.torch:
+        from neoc.targets.hexagon.host import host_pipeline
+
+        host = host_pipeline(compiled, target)
+        result = compare_latency(baseline, host, prompts, seed=seed, others={"torch": compiled})
+        result["host"] = host.summary()
+    else:
+        result = compare_latency(baseline, compiled, prompts, seed=seed)
     result["run"] = str(args.run)
     result["baseline_source"] = baseline.source
     if args.write:
@@ -62,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'':<12}{'before s':>10}{'after s':>10}{'ratio':>9}   NFE")
     print(f"{'this bench':<12}{result['before_seconds']:>10.3f}{result['after_seconds']:>10.3f}"
           f"{result['ratio']:>8.1f}x   {result['nfe_before']} -> {result['nfe_after']}")
+    for name, other in (result.get("others") or {}).items():
+        print(f"{'  ' + name:<12}{'':>10}{other['after_seconds']:>10.3f}{other['ratio']:>8.1f}x")
     if run_lat.get("before_seconds") and run_lat.get("after_seconds"):
         print(f"{'the run':<12}{run_lat['before_seconds']:>10.3f}{run_lat['after_seconds']:>10.3f}"
               f"{run_lat['before_seconds'] / run_lat['after_seconds']:>8.1f}x   ({run_lat.get('device')})")

@@ -5,7 +5,9 @@ Order of work, so that bad input never leaves a half-written run folder:
 1. recipe, overrides, model source, pass/target availability are validated (InputError, nothing written);
 2. the run folder gets ``status.json`` = running and a ``run.log``;
 3. passes run through the :class:`~neoc.manager.PassManager` (cached, resumable);
-4. the target builds; quality, cost and latency are measured before/after;
+4. quality and cost are measured before/after, the target builds, then latency: the baseline against the target's
+   built graphs run on this machine when the target can (the hexagon target's legalised ONNX graphs on ONNX
+   Runtime's CPU EP), the transformed torch pipeline timed alongside; otherwise against the torch pipeline;
 5. ``pipeline/`` is written atomically, then the reports, then ``status.json`` = complete.
 A failure writes ``status.json`` = failed and ``report.partial.json``; never ``report.json``.
 """
@@ -107,15 +109,17 @@ def _run(recipe: Recipe, out_dir: Path, resume: bool, quiet: bool, report: dict)
     pipeline = manager.run(pipeline)
     report["cost"]["after"] = analyze_pipeline(pipeline)
     measure_quality(pipeline, recipe, quiet, report, "after", videos)
-    measure_latency(baseline, pipeline, recipe, report)
     measure_run_trajectory(out_dir, manager.records, baseline, recipe, report)
 
+    host = None
     if recipe.target is not None:
-        tcls = registry.get_target(recipe.target.name)
+        target = registry.get_target(recipe.target.name)(recipe.target.config)
         ctx = PassContext(seed=recipe.seed, work_dir=out_dir / "target", eval=eval_data, profile=profile,
                           quiet=quiet, log=log)
-        result = tcls(recipe.target.config).build(pipeline, ctx)
+        result = target.build(pipeline, ctx)
         report["target"] = {"name": recipe.target.name, "graphs": result.graphs, "notes": result.notes}
+        host = host_runtime(target, pipeline, result, ctx, report)
+    measure_latency(baseline, pipeline, recipe, report, host=host)
 
     draw_figures(report, out_dir, videos)
     save_pipeline(pipeline, out_dir / "pipeline")
@@ -166,14 +170,50 @@ def latency_prompts(recipe: Recipe, count: int = 2) -> list[str]:
     return [p for p, _ in eval_prompts(count, recipe.seed, recipe.eval_prompts)]
 
 
-def measure_latency(baseline, compiled, recipe: Recipe, report: dict, count: int = 2) -> None:
-    """CONTRACT ``latency``: baseline vs compiled, same prompts and seeds, same process (neoc.eval.latency)."""
+def host_runtime(target, pipeline, result, ctx, report: dict):
+    """The target's built graphs as a runnable pipeline (or None, with the reason in the report's notes)."""
+    try:
+        return target.host_pipeline(pipeline, result, ctx)
+    except Exception as exc:  # timing then falls back to the torch pipeline; the report says so
+        log.warning("the target's graphs cannot run here (%s); latency times the torch pipeline", exc)
+        report["notes"].append(f"latency: the target's graphs could not be run on this machine "
+                               f"({type(exc).__name__}: {exc}); the torch pipeline was timed instead")
+        return None
+
+
+def measure_latency(baseline, compiled, recipe: Recipe, report: dict, count: int = 2, host=None) -> None:
+    """CONTRACT ``latency``: baseline vs compiled, same prompts and seeds, same process (neoc.eval.latency).
+
+    With ``host`` (the target's graphs runnable here) the compiled figure is the built artifact's, and the torch
+    form of the same pipeline is timed alongside (``others.torch``): the ratio with and without the runtime.
+    """
+    import torch
+
     from neoc.eval.latency import compare_latency
 
+    prompts = latency_prompts(recipe, count)
     log.info("latency: baseline vs compiled on %d prompts", count)
-    result = compare_latency(baseline, compiled, latency_prompts(recipe, count), seed=recipe.seed)
-    result["compiled_form"] = compiled_form(compiled)
+    if host is None:
+        result = compare_latency(baseline, compiled, prompts, seed=recipe.seed)
+        result["compiled_form"] = compiled_form(compiled)
+    else:
+        result = compare_latency(baseline, host, prompts, seed=recipe.seed, others={"torch": compiled})
+        result["compiled_form"] = host_form(compiled)
+        result["others"]["torch"]["form"] = compiled_form(compiled)
+        with torch.no_grad():
+            diff = (host.generate(prompts[0], recipe.seed) - compiled.generate(prompts[0], recipe.seed)).abs().max()
+        result["host"] = {**host.summary(), "video_max_abs_diff_vs_torch": float(diff)}
+    result["baseline_form"] = ("the model source's pipeline as float32 torch (eager) on the CPU, torch threads "
+                               f"{torch.get_num_threads()}")
     report["latency"].update(result)
+
+
+def host_form(pipeline) -> str:
+    quant = "quantization" in pipeline.info
+    return ("the target's lowered graphs (target/legal/*.onnx: the static-shape graphs the HTP compile takes, "
+            "float32) run by ONNX Runtime's CPU execution provider, the schedule's glue ops in torch"
+            + ("; W8A16 encodings are not applied here: quantised quality is the quantize-w8a16 pass's simulation "
+               "and the HTP simulator's SQNR" if quant else ""))
 
 
 def compiled_form(pipeline) -> str:

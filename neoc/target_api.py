@@ -27,3 +27,9 @@ class Target:
 
     def build(self, pipeline, ctx: PassContext) -> TargetResult:
         raise PassNotImplemented(f"target '{self.name}' is not implemented yet")
+
+    def host_pipeline(self, pipeline, result: TargetResult, ctx: PassContext):
+        """The built graphs runnable on this machine (``generate(prompt, seed)``, ``nfe()``, ``summary()``), so the
+        run times the compiled artifact rather than the torch pipeline it came from; None when the target's
+        output cannot run here (then the torch pipeline is timed)."""
+        return None

@@ -71,6 +71,39 @@ def test_compare_latency_same_prompts_both_pipelines():
     assert result["nfe_before"] > result["nfe_after"] and result["ratio"] > 0
 
 
+def test_latency_times_the_host_runtime_with_torch_alongside():
+    """With the target's graphs runnable here, 'after' is theirs and the torch pipeline is timed beside them."""
+    from types import SimpleNamespace
+
+    from neoc.runner import measure_latency
+
+    compiled = toy_pipeline(video_steps=(1, 1, 1), first_frame_steps=(1, 1, 1))
+
+    class FakeHost:  # stands in for the hexagon host pipeline: the same videos, its own call counts
+        calls = 0
+
+        def generate(self, prompt, seed=0):
+            self.calls += 1
+            return compiled.generate(prompt, seed)
+
+        def nfe(self):
+            return compiled.nfe()
+
+        def summary(self):
+            return {"graph_calls": self.calls, "torch_fallback_calls": 0, "parity_max_abs": {"g": 0.0}}
+
+    report = empty_report("r", "m")
+    recipe = SimpleNamespace(seed=0, eval_prompts=None)  # what the latency measurement reads of a recipe
+    measure_latency(toy_pipeline(), compiled, recipe, report, count=1, host=FakeHost())
+    lat = report["latency"]
+    assert lat["after_seconds"] > 0 and lat["others"]["torch"]["after_seconds"] > 0
+    assert lat["others"]["torch"]["ratio"] == lat["before_seconds"] / lat["others"]["torch"]["after_seconds"]
+    assert "ONNX Runtime" in lat["compiled_form"] and "float32 torch" in lat["others"]["torch"]["form"]
+    assert lat["host"]["video_max_abs_diff_vs_torch"] == 0.0 and lat["host"]["graph_calls"] == 3  # warm, timed, parity
+    md = render_markdown({**synthetic_report(), "latency": lat})
+    assert "Also timed in the same alternation, 'torch'" in md and "Host runtime: 3 graph calls" in md
+
+
 def test_pass_images_are_shown_in_the_report():
     r = synthetic_report()
     r["passes"].insert(0, {"name": "swap-decoder", "status": "done", "seconds": 1.0, "metrics": {},

@@ -34,22 +34,35 @@ def _time_one(pipeline, prompt: str, seed: int) -> float:
     return time.perf_counter() - start
 
 
-def compare_latency(baseline, compiled, prompts: list[str], seed: int = 0, warmup: int = 1) -> dict:
-    """``{"before_seconds", "after_seconds", "ratio", "device", ...}``: median seconds per video."""
+def compare_latency(baseline, compiled, prompts: list[str], seed: int = 0, warmup: int = 1,
+                    others: dict | None = None) -> dict:
+    """``{"before_seconds", "after_seconds", "ratio", "device", ...}``: median seconds per video.
+
+    ``others`` (name -> pipeline) are timed in the same alternation (e.g. the compiled pipeline in another
+    runtime); each lands under ``result["others"][name]`` with its own ratio to the baseline.
+    """
     if not prompts:
         raise ValueError("compare_latency needs at least one prompt")
+    others = dict(others or {})
     load_start = load_average()
-    for pipe in (baseline, compiled):
+    pipelines = [baseline, compiled, *others.values()]
+    for pipe in pipelines:
         for i in range(warmup):
             _time_one(pipe, prompts[i % len(prompts)], seed + i)
-    before, after = [], []
+    runs: list[list[float]] = [[] for _ in pipelines]
     for i, prompt in enumerate(prompts):
-        before.append(_time_one(baseline, prompt, seed + i))
-        after.append(_time_one(compiled, prompt, seed + i))
+        for pipe, times in zip(pipelines, runs):
+            times.append(_time_one(pipe, prompt, seed + i))
+    before, after = runs[0], runs[1]
     b, a = statistics.median(before), statistics.median(after)
+    extra = {}
+    for name, times in zip(others, runs[2:]):
+        m = statistics.median(times)
+        extra[name] = {"after_seconds": m, "ratio": b / m if m > 0 else None, "after_runs": times}
     return {"before_seconds": b, "after_seconds": a, "ratio": b / a if a > 0 else None,
             "device": device_name(), "method": "median seconds per video, same prompts and seeds, "
-            f"{warmup} warm-up each, timed generations alternating baseline/compiled",
+            f"{warmup} warm-up each, timed generations alternating baseline/compiled"
+            + "".join(f"/{name}" for name in others),
             "before_runs": before, "after_runs": after, "prompts": len(prompts),
             "nfe_before": baseline.nfe(), "nfe_after": compiled.nfe(),
-            "load_average": {"start": load_start, "end": load_average()}}
+            "load_average": {"start": load_start, "end": load_average()}, **({"others": extra} if extra else {})}

@@ -100,8 +100,20 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", f"Measured: {lat['method']}; {lat.get('prompts')} prompts; NFE {lat.get('nfe_before')} → "
                       f"{lat.get('nfe_after')}; load average at start/end {_fmt((lat.get('load_average') or {}).get('start'))}"
                       f" / {_fmt((lat.get('load_average') or {}).get('end'))}."]
+    for name, other in (lat.get("others") or {}).items():
+        lines += ["", f"Also timed in the same alternation, '{name}': {_fmt(other.get('after_seconds'))} s per video, "
+                      f"ratio {_fmt(other.get('ratio'))}" + (f" ({other['form']})" if other.get("form") else "") + "."]
     if lat.get("compiled_form"):
         lines += ["", f"'Compiled' here is {lat['compiled_form']}."]
+    if lat.get("baseline_form"):
+        lines += ["", f"'Baseline' here is {lat['baseline_form']}."]
+    host = lat.get("host") or {}
+    if host:
+        parity = host.get("parity_max_abs") or {}
+        lines += ["", f"Host runtime: {host.get('graph_calls')} graph calls and {host.get('torch_fallback_calls')} torch "
+                      f"fallback calls over the latency runs; largest |graph − torch| on a first call "
+                      f"{_fmt(max(parity.values()) if parity else None)}; video max |host − torch| "
+                      f"{_fmt(host.get('video_max_abs_diff_vs_torch'))}; intra-op threads per graph {host.get('threads')}."]
     lines += _sqnr_section(report)
     lines += ["", "## Target", ""]
     graphs = report["target"].get("graphs") or []

@@ -99,6 +99,12 @@ class HexagonTarget(Target):
             raise CheckFailed("hexagon: " + "; ".join(failures))
         return TargetResult(graphs=entries, notes=notes)
 
+    def host_pipeline(self, pipeline, result: TargetResult, ctx):
+        """The legalised graphs (``target/legal/``) run by ONNX Runtime's CPU EP (:mod:`.host`)."""
+        from neoc.targets.hexagon.host import host_pipeline
+
+        return host_pipeline(pipeline, Path(ctx.work_dir), result.graphs)
+
 
 def calibration_prompts(ctx, count: int) -> list[str]:
     """The first ``count`` prompts of ``eval.prompts`` when the recipe gives them."""
