@@ -120,6 +120,8 @@ def _run(recipe: Recipe, out_dir: Path, resume: bool, quiet: bool, report: dict)
         report["target"] = {"name": recipe.target.name, "graphs": result.graphs, "notes": result.notes}
         host = host_runtime(target, pipeline, result, ctx, report)
     measure_latency(baseline, pipeline, recipe, report, host=host)
+    if host is not None:
+        add_host_point(report, host, recipe)
 
     draw_figures(report, out_dir, videos)
     save_pipeline(pipeline, out_dir / "pipeline")
@@ -206,6 +208,17 @@ def measure_latency(baseline, compiled, recipe: Recipe, report: dict, count: int
     result["baseline_form"] = ("the model source's pipeline as float32 torch (eager) on the CPU, torch threads "
                                f"{torch.get_num_threads()}")
     report["latency"].update(result)
+
+
+def add_host_point(report: dict, host, recipe: Recipe) -> None:
+    """The trajectory's last point: the final pipeline's lowered graphs, timed like the other points."""
+    points = report.get("trajectory") or []
+    if not points:
+        return
+    start = time.perf_counter()
+    host.generate(latency_prompts(recipe, 1)[0], recipe.seed)
+    points.append({**points[-1], "stage": "target graphs (ONNX Runtime)", "seconds": time.perf_counter() - start,
+                   "note": "the target's lowered graphs of the last pipeline, run on this CPU"})
 
 
 def host_form(pipeline) -> str:

@@ -75,7 +75,7 @@ def test_latency_times_the_host_runtime_with_torch_alongside():
     """With the target's graphs runnable here, 'after' is theirs and the torch pipeline is timed beside them."""
     from types import SimpleNamespace
 
-    from neoc.runner import measure_latency
+    from neoc.runner import add_host_point, measure_latency
 
     compiled = toy_pipeline(video_steps=(1, 1, 1), first_frame_steps=(1, 1, 1))
 
@@ -102,6 +102,10 @@ def test_latency_times_the_host_runtime_with_torch_alongside():
     assert lat["host"]["video_max_abs_diff_vs_torch"] == 0.0 and lat["host"]["graph_calls"] == 3  # warm, timed, parity
     md = render_markdown({**synthetic_report(), "latency": lat})
     assert "Also timed in the same alternation, 'torch'" in md and "Host runtime: 3 graph calls" in md
+    report["trajectory"] = [{"stage": "quantize-w8a16", "params": 10, "nfe": 21, "flops_per_video": 1.0, "seconds": 9.0}]
+    add_host_point(report, FakeHost(), recipe)
+    last = report["trajectory"][-1]
+    assert last["stage"] == "target graphs (ONNX Runtime)" and last["nfe"] == 21 and 0 < last["seconds"] < 9.0
 
 
 def test_pass_images_are_shown_in_the_report():

@@ -156,7 +156,8 @@ def _trajectory_section(report: dict[str, Any]) -> list[str]:
         return []
     lines = ["", "## Trajectory through the passes", "",
              "Each row is the pipeline after that pass (a skipped pass repeats the row above); seconds = one "
-             "generation of the same prompt and seed on this machine, float32 torch on the CPU.", ""]
+             "generation of the same prompt and seed on this machine, float32 torch on the CPU (the last row, when "
+             "present: the target's lowered graphs of the final pipeline, run by ONNX Runtime).", ""]
     lines += _table(["after", "params (generation)", "NFE", "FLOPs/video", "seconds/video"],
                     [[p["stage"] + (" (skipped)" if p.get("skipped") else ""), p.get("params"), p.get("nfe"),
                       p.get("flops_per_video"), p.get("seconds")] for p in points])
