@@ -1,6 +1,6 @@
 """Reproduce a run's latency figure: baseline vs compiled generation time, same prompts, seeds and machine.
 
-    python bench/latency.py --run runs/neodragon [--prompts 2] [--threads N] [--baseline SRC] [--json]
+    python bench/latency.py --run runs/neodragon [--prompts 3] [--threads N] [--baseline SRC] [--json]
 
 The baseline is the run's model source (report.json "model", e.g. builtin:pyramid-tiny). The compiled pipeline,
 as in ``neoc run``: when the run built the hexagon target (``target/graphs.json``), its legalised graphs
@@ -24,7 +24,7 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, required=True, help="a finished neoc run folder")
-    parser.add_argument("--prompts", type=int, default=2, help="timed prompts per pipeline (after one warm-up)")
+    parser.add_argument("--prompts", type=int, default=3, help="timed prompts per pipeline (after one warm-up)")
     parser.add_argument("--baseline", default=None, help="baseline model source (default: the run's model)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--torch", action="store_true", help="time the torch pipeline/ even when target graphs exist")

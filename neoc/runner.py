@@ -183,7 +183,7 @@ def host_runtime(target, pipeline, result, ctx, report: dict):
         return None
 
 
-def measure_latency(baseline, compiled, recipe: Recipe, report: dict, count: int = 2, host=None) -> None:
+def measure_latency(baseline, compiled, recipe: Recipe, report: dict, count: int = 3, host=None) -> None:
     """CONTRACT ``latency``: baseline vs compiled, same prompts and seeds, same process (neoc.eval.latency).
 
     With ``host`` (the target's graphs runnable here) the compiled figure is the built artifact's, and the torch

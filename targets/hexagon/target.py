@@ -12,7 +12,9 @@ Neodragon's end product (§4, Table 9) is a set of graphs on the Hexagon NPU. Pe
    :mod:`.compile` (context binaries, CPU fallback disabled, embed mode 0, the denoiser stages sharing one
    binary) -> :mod:`.simulate` (HTP simulation on the captured calls, SQNR vs float torch) ->
    :mod:`.bundle` (``target/<soc>/`` + ``manifest.json``);
-5. :mod:`.qai_hub` — compile + profile on AI Hub devices when a token is configured.
+5. :mod:`.qai_hub` — compile + profile on AI Hub devices when a token is configured;
+6. :mod:`.host` — after the build, ``neoc run`` times the legalised graphs on this CPU (ONNX Runtime) as the
+   compiled pipeline's latency (:meth:`HexagonTarget.host_pipeline`).
 
 Every graph must end with 0 CPU-fallback nodes and SQNR >= ``min_sqnr_db``; otherwise the build fails naming it
 (after the bundle and the per-graph results are written, so the failure can be inspected).
