@@ -55,3 +55,16 @@ def test_onnx_target_exports_and_checks(pipe, tmp_path):
     assert decoder["model"] == "vae_decoder.onnx"
     assert decoder["inputs"][0]["shape"] == [1, 16, 1, 8, 8] and decoder["inputs"][0]["dtype"] == "float"
     assert decoder["outputs"][0]["shape"] == [1, 3, 1, 64, 64]
+
+
+def test_onnx_target_graphs_run_as_the_pipeline(pipe, tmp_path):
+    """host_pipeline: the exported graphs generate the torch pipeline's video (the run times this form)."""
+    config = OnnxConfig()  # every graph, denoiser stages included
+    ctx = PassContext(seed=0, work_dir=tmp_path / "target", quiet=True)
+    target = OnnxTarget(config)
+    host = target.host_pipeline(pipe, target.build(pipe, ctx), ctx)
+    video = host.generate("a red ball", seed=1)
+    assert torch.allclose(video, pipe.generate("a red ball", seed=1), atol=1e-4)
+    summary = host.summary()
+    assert summary["torch_fallback_calls"] == 0 and summary["graph_calls"] > 0
+    assert sorted(summary["graphs"]) == ["context_embedder", "denoiser", "text_encoder", "vae_decoder"]

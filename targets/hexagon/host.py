@@ -183,8 +183,10 @@ class HostPipeline:
                 "threads": {name: n for h in self.hosts.values() for name, n in h.threads.items()}}
 
 
-def lowered_graphs(target_dir: Path, entries: Sequence[dict] | None = None) -> dict[str, list[Path]]:
-    """role -> legalised ONNX graphs of a built target folder (from its graphs.json entries)."""
+def lowered_graphs(target_dir: Path, entries: Sequence[dict] | None = None,
+                   folder: str = "legal") -> dict[str, list[Path]]:
+    """role -> the ONNX graphs in ``target_dir/folder`` of a built target (from its graphs.json entries; the
+    hexagon target's legalised graphs by default, ``folder="onnx"`` for the onnx target's exports)."""
     target_dir = Path(target_dir)
     if entries is None:
         index = target_dir / "graphs.json"
@@ -193,7 +195,7 @@ def lowered_graphs(target_dir: Path, entries: Sequence[dict] | None = None) -> d
         entries = json.loads(index.read_text())
     lowered: dict[str, list[Path]] = {}
     for entry in entries:
-        path = target_dir / "legal" / f"{entry['name']}.onnx"
+        path = target_dir / folder / f"{entry['name']}.onnx"
         if not path.is_file():
             raise InputError(f"{path}: missing; rebuild the target")
         paths = lowered.setdefault(entry["role"], [])
@@ -203,5 +205,5 @@ def lowered_graphs(target_dir: Path, entries: Sequence[dict] | None = None) -> d
 
 
 def host_pipeline(pipeline, target_dir: Path, entries: Sequence[dict] | None = None,
-                  threads: int | str = DEFAULT_THREADS) -> HostPipeline:
-    return HostPipeline(pipeline, lowered_graphs(target_dir, entries), threads)
+                  threads: int | str = DEFAULT_THREADS, folder: str = "legal") -> HostPipeline:
+    return HostPipeline(pipeline, lowered_graphs(target_dir, entries, folder), threads)

@@ -88,3 +88,9 @@ class OnnxTarget(Target):
         notes = ["cpu_fallback_nodes is 0 by construction: the graphs run on onnxruntime's CPU EP; sqnr_db compares "
                  "it with the float torch module on captured calibration calls"]
         return TargetResult(graphs=entries, notes=notes)
+
+    def host_pipeline(self, pipeline, result: TargetResult, ctx):
+        """The exported graphs (``target/onnx/``) run by ONNX Runtime's CPU EP inside the pipeline's graph."""
+        from neoc.targets.hexagon.host import host_pipeline
+
+        return host_pipeline(pipeline, Path(ctx.work_dir), result.graphs, folder="onnx")
