@@ -200,7 +200,7 @@ def measure_latency(baseline, compiled, recipe: Recipe, report: dict, count: int
         result["compiled_form"] = compiled_form(compiled)
     else:
         result = compare_latency(baseline, host, prompts, seed=recipe.seed, others={"torch": compiled})
-        result["compiled_form"] = host_form(compiled)
+        result["compiled_form"] = host_form(host, compiled)
         result["others"]["torch"]["form"] = compiled_form(compiled)
         with torch.no_grad():
             diff = (host.generate(prompts[0], recipe.seed) - compiled.generate(prompts[0], recipe.seed)).abs().max()
@@ -221,10 +221,9 @@ def add_host_point(report: dict, host, recipe: Recipe) -> None:
                    "note": "the target's lowered graphs of the last pipeline, run on this CPU"})
 
 
-def host_form(pipeline) -> str:
+def host_form(host, pipeline) -> str:
     quant = "quantization" in pipeline.info
-    return ("the target's lowered graphs (target/legal/*.onnx: the static-shape graphs the HTP compile takes, "
-            "float32) run by ONNX Runtime's CPU execution provider, the schedule's glue ops in torch"
+    return (getattr(host, "form", "the target's graphs run on this machine")
             + ("; W8A16 encodings are not applied here: quantised quality is the quantize-w8a16 pass's simulation "
                "and the HTP simulator's SQNR" if quant else ""))
 

@@ -45,6 +45,7 @@ def test_host_pipeline_generates_the_torch_video(lowered):
     assert max(summary["parity_max_abs"].values()) < 1e-4
     assert summary["threads"] == {"text_encoder": 1, "vae_decoder": 1}
     assert host.nfe() == pipeline.nfe()
+    assert "target/legal/*.onnx" in host.form and "ONNX Runtime" in host.form
     host.generate("a green circle", seed=4)
     assert host.summary()["graph_calls"] == 4
 

@@ -143,7 +143,8 @@ def fastest(sessions: dict[int, object], feeds, tensors, repeats: int = 3) -> tu
 class HostPipeline:
     """A pipeline whose lowered component calls run their ONNX graphs (same prompts, noise and schedule)."""
 
-    def __init__(self, pipeline, lowered: dict[str, list[Path]], threads: int | str = DEFAULT_THREADS):
+    def __init__(self, pipeline, lowered: dict[str, list[Path]], threads: int | str = DEFAULT_THREADS,
+                 form: str = "the target's ONNX graphs"):
         unknown = sorted(set(lowered) - set(pipeline.components))
         if unknown:
             raise InputError(f"host runtime: the pipeline has no '{unknown[0]}' component for its lowered graphs")
@@ -162,6 +163,9 @@ class HostPipeline:
                 node.target = f"host_{node.target}"
         self.graph_module = fx.GraphModule(root, graph, class_name="HostT2VPipeline")
         self.threads = threads
+        #: what runs, in words (the report's ``latency.compiled_form``)
+        self.form = (f"{form} run by ONNX Runtime's CPU execution provider inside the pipeline's graph, the "
+                     "sampler's glue ops in torch")
 
     def nfe(self) -> int:
         return self.pipeline.nfe()
@@ -206,4 +210,10 @@ def lowered_graphs(target_dir: Path, entries: Sequence[dict] | None = None,
 
 def host_pipeline(pipeline, target_dir: Path, entries: Sequence[dict] | None = None,
                   threads: int | str = DEFAULT_THREADS, folder: str = "legal") -> HostPipeline:
-    return HostPipeline(pipeline, lowered_graphs(target_dir, entries, folder), threads)
+    form = FORMS.get(folder, f"the target's graphs (target/{folder}/*.onnx)")
+    return HostPipeline(pipeline, lowered_graphs(target_dir, entries, folder), threads, form)
+
+
+FORMS = {"legal": "the target's lowered graphs (target/legal/*.onnx: the static-shape graphs as legalised for HTP, "
+                  "what the QDQ export and the QNN compile take; float32)",
+         "onnx": "the target's exported graphs (target/onnx/*.onnx, static shapes, float32)"}
