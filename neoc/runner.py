@@ -172,6 +172,11 @@ def latency_prompts(recipe: Recipe, count: int = 2) -> list[str]:
     return [p for p, _ in eval_prompts(count, recipe.seed, recipe.eval_prompts)]
 
 
+#: largest |video difference| (in [-1, 1] pixel units) between the target's graphs and the torch pipeline before
+#: the report warns (float32 graphs agree to ~1e-6; fp16 or quantised graphs would not)
+HOST_VIDEO_TOLERANCE = 1e-3
+
+
 def host_runtime(target, pipeline, result, ctx, report: dict):
     """The target's built graphs as a runnable pipeline (or None, with the reason in the report's notes)."""
     try:
@@ -205,6 +210,11 @@ def measure_latency(baseline, compiled, recipe: Recipe, report: dict, count: int
         with torch.no_grad():
             diff = (host.generate(prompts[0], recipe.seed) - compiled.generate(prompts[0], recipe.seed)).abs().max()
         result["host"] = {**host.summary(), "video_max_abs_diff_vs_torch": float(diff)}
+        if not float(diff) <= HOST_VIDEO_TOLERANCE:  # the timed graphs must compute the pipeline's video
+            log.warning("latency: the target's graphs differ from the torch pipeline by %.3g", float(diff))
+            report["notes"].append(f"latency: the target's graphs generate a video that differs from the torch "
+                                   f"pipeline's by up to {float(diff):.3g} (tolerance {HOST_VIDEO_TOLERANCE}); the "
+                                   "compiled timing is of those graphs")
     result["baseline_form"] = ("the model source's pipeline as float32 torch (eager) on the CPU, torch threads "
                                f"{torch.get_num_threads()}")
     report["latency"].update(result)

@@ -103,6 +103,15 @@ def test_latency_times_the_host_runtime_with_torch_alongside():
     assert lat["host"]["video_max_abs_diff_vs_torch"] == 0.0 and lat["host"]["graph_calls"] == 3  # warm, timed, parity
     md = render_markdown({**synthetic_report(), "latency": lat})
     assert "Also timed in the same alternation, 'torch'" in md and "Host runtime: 3 graph calls" in md
+    assert not report["notes"]  # the fake host's video equals the torch one: no warning
+
+    class WrongHost(FakeHost):
+        def generate(self, prompt, seed=0):
+            return super().generate(prompt, seed) + 0.5
+
+    measure_latency(toy_pipeline(), compiled, recipe, report, count=1, host=WrongHost())
+    assert abs(report["latency"]["host"]["video_max_abs_diff_vs_torch"] - 0.5) < 1e-4
+    assert "differs from the torch pipeline's by up to 0.5" in report["notes"][0]
     report["trajectory"] = [{"stage": "quantize-w8a16", "params": 10, "nfe": 21, "flops_per_video": 1.0, "seconds": 9.0}]
     add_host_point(report, FakeHost(), recipe)
     last = report["trajectory"][-1]
