@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from neoc import sources
-    from neoc.eval.latency import compare_latency
+    from neoc.eval.latency import compare_host_latency, compare_latency
     from neoc.eval.pipeline_quality import eval_prompts
     from neoc.ir.runfolder import load_pipeline
 
@@ -57,9 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     if (target / "graphs.json").is_file() and not args.torch:
         from neoc.targets.hexagon.host import host_pipeline
 
-        host = host_pipeline(compiled, target)
-        result = compare_latency(baseline, host, prompts, seed=seed, others={"torch": compiled})
-        result["host"] = host.summary()
+        result = compare_host_latency(baseline, compiled, host_pipeline(compiled, target), prompts, seed=seed)
     else:
         result = compare_latency(baseline, compiled, prompts, seed=seed)
     result["run"] = str(args.run)

@@ -196,7 +196,7 @@ def measure_latency(baseline, compiled, recipe: Recipe, report: dict, count: int
     """
     import torch
 
-    from neoc.eval.latency import compare_latency
+    from neoc.eval.latency import compare_host_latency, compare_latency
 
     prompts = latency_prompts(recipe, count)
     log.info("latency: baseline vs compiled on %d prompts", count)
@@ -204,16 +204,14 @@ def measure_latency(baseline, compiled, recipe: Recipe, report: dict, count: int
         result = compare_latency(baseline, compiled, prompts, seed=recipe.seed)
         result["compiled_form"] = compiled_form(compiled)
     else:
-        result = compare_latency(baseline, host, prompts, seed=recipe.seed, others={"torch": compiled})
-        result["compiled_form"] = host_form(host, compiled)
+        result = compare_host_latency(baseline, compiled, host, prompts, seed=recipe.seed)
+        result["compiled_form"] = compiled_form(compiled, host)
         result["others"]["torch"]["form"] = compiled_form(compiled)
-        with torch.no_grad():
-            diff = (host.generate(prompts[0], recipe.seed) - compiled.generate(prompts[0], recipe.seed)).abs().max()
-        result["host"] = {**host.summary(), "video_max_abs_diff_vs_torch": float(diff)}
-        if not float(diff) <= HOST_VIDEO_TOLERANCE:  # the timed graphs must compute the pipeline's video
-            log.warning("latency: the target's graphs differ from the torch pipeline by %.3g", float(diff))
+        diff = result["host"]["video_max_abs_diff_vs_torch"]
+        if not diff <= HOST_VIDEO_TOLERANCE:  # the timed graphs must compute the pipeline's video
+            log.warning("latency: the target's graphs differ from the torch pipeline by %.3g", diff)
             report["notes"].append(f"latency: the target's graphs generate a video that differs from the torch "
-                                   f"pipeline's by up to {float(diff):.3g} (tolerance {HOST_VIDEO_TOLERANCE}); the "
+                                   f"pipeline's by up to {diff:.3g} (tolerance {HOST_VIDEO_TOLERANCE}); the "
                                    "compiled timing is of those graphs")
     result["baseline_form"] = ("the model source's pipeline as float32 torch (eager) on the CPU, torch threads "
                                f"{torch.get_num_threads()}")
@@ -231,16 +229,14 @@ def add_host_point(report: dict, host, recipe: Recipe) -> None:
                    "note": "the target's lowered graphs of the last pipeline, run on this CPU"})
 
 
-def host_form(host, pipeline) -> str:
+def compiled_form(pipeline, host=None) -> str:
+    """What 'compiled' means for the timed pipeline, in words (the report states it): ``pipeline`` as torch, or
+    ``host`` (the target's graphs run on this machine) when given."""
     quant = "quantization" in pipeline.info
-    return (getattr(host, "form", "the target's graphs run on this machine")
-            + ("; W8A16 encodings are not applied here: quantised quality is the quantize-w8a16 pass's simulation "
-               "and the HTP simulator's SQNR" if quant else ""))
-
-
-def compiled_form(pipeline) -> str:
-    """What 'compiled' means for the timed pipeline, in words (the report states it)."""
-    quant = "quantization" in pipeline.info
+    if host is not None:
+        return (getattr(host, "form", "the target's graphs run on this machine")
+                + ("; W8A16 encodings are not applied here: quantised quality is the quantize-w8a16 pass's "
+                   "simulation and the HTP simulator's SQNR" if quant else ""))
     return ("the transformed pipeline (pipeline/) run as float32 torch on the CPU"
             + ("; W8A16 encodings are attached but not applied: quantised quality is the quantize-w8a16 pass's "
                "simulation (AIMET QuantSim), and the NPU latency needs the Hexagon context binaries on a device"

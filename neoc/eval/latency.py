@@ -66,3 +66,15 @@ def compare_latency(baseline, compiled, prompts: list[str], seed: int = 0, warmu
             "before_runs": before, "after_runs": after, "prompts": len(prompts),
             "nfe_before": baseline.nfe(), "nfe_after": compiled.nfe(),
             "load_average": {"start": load_start, "end": load_average()}, **({"others": extra} if extra else {})}
+
+
+def compare_host_latency(baseline, compiled, host, prompts: list[str], seed: int = 0) -> dict:
+    """:func:`compare_latency` with ``host`` (the target's graphs run on this machine, e.g.
+    :class:`neoc.targets.hexagon.host.HostPipeline`) as the compiled pipeline and the torch ``compiled`` timed
+    alongside (``others.torch``); ``host`` adds the host's summary and how far its video of the first prompt is from
+    the torch pipeline's (``video_max_abs_diff_vs_torch``)."""
+    result = compare_latency(baseline, host, prompts, seed=seed, others={"torch": compiled})
+    with torch.no_grad():
+        diff = float((host.generate(prompts[0], seed) - compiled.generate(prompts[0], seed)).abs().max())
+    result["host"] = {**host.summary(), "video_max_abs_diff_vs_torch": diff}
+    return result

@@ -178,8 +178,9 @@ class Pipeline:
         return inputs
 
     @torch.no_grad()
-    def run_graph(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        gm = self.graph_module
+    def run_graph(self, inputs: dict[str, torch.Tensor], graph_module: fx.GraphModule | None = None) -> torch.Tensor:
+        """Run the pipeline graph (or ``graph_module``, a re-targeted copy of it) on named inputs."""
+        gm = self.graph_module if graph_module is None else graph_module
         names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
         missing = [n for n in names if n not in inputs]
         if missing:

@@ -26,10 +26,11 @@ from torch import fx, nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from neoc.errors import InputError
+from neoc.targets.hexagon.simulate import feeds
 
 #: intra-op threads per graph: "auto" times 1 thread against all cores on each graph's first call and keeps the
 #: faster. Measured on the 2-core CPU (pyramid-tiny): the 21 small denoiser stage calls take 83-88 ms on 1 thread
-#: and 195 ms on 2 (thread hand-off dominates), the TAEHV decoder 64-81 ms on 1 and 57 ms on 2; the whole video
+#: and 195 ms on 2 (ONNX Runtime's default spinning pools), the TAEHV decoder 64-81 ms on 1 and 57 ms on 2; the whole video
 #: 0.16-0.19 s with "auto", 0.18-0.21 s with 1 thread everywhere.
 DEFAULT_THREADS = "auto"
 
@@ -64,13 +65,12 @@ class HostComponent(nn.Module):
         self.fallback_calls = 0
 
     def forward(self, *args, **kwargs):
-        from neoc.targets.hexagon.graphs import call_structure
-        from neoc.targets.hexagon.simulate import feeds
-
-        _, _, _, tensors, _ = call_structure(args, kwargs)
+        # the call's tensor leaves in pytree order: the exporter's input order (graphs.call_structure, without the
+        # leaf paths it also builds: this runs on every call)
+        tensors = [leaf for leaf in tree_flatten((args, kwargs))[0] if isinstance(leaf, torch.Tensor)]
         key = tuple(tuple(t.shape) for t in tensors)
         if key in self.candidates:  # first call of a graph: keep the faster thread count on this call
-            self.sessions[key], count = fastest(self.candidates.pop(key), feeds, tensors)
+            self.sessions[key], count = fastest(self.candidates.pop(key), tensors)
             self.threads[self.graph_names[key]] = count
         session = self.sessions.get(key)
         if session is None:
@@ -86,10 +86,12 @@ class HostComponent(nn.Module):
                 raise InputError(f"host runtime: graph {self.graph_names[key]} returns {len(outputs)} outputs, "
                                  f"the {self.role} component {len(slots)} tensors")
             dtypes = [leaves[i].dtype for i in slots]
-            self._out_specs[key] = (spec, leaves, slots, dtypes)
             self.parity[self.graph_names[key]] = max(
                 float((torch.from_numpy(o).to(d) - leaves[i]).abs().max()) if leaves[i].numel() else 0.0
                 for o, i, d in zip(outputs, slots, dtypes))
+            # keep the structure and the non-tensor leaves only, not the reference tensors
+            self._out_specs[key] = (spec, [None if i in slots else leaf for i, leaf in enumerate(leaves)], slots,
+                                    dtypes)
         spec, leaves, slots, dtypes = self._out_specs[key]
         leaves = list(leaves)
         for slot, array, dtype in zip(slots, outputs, dtypes):
@@ -121,7 +123,7 @@ def make_session(path: Path, threads: int):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def fastest(sessions: dict[int, object], feeds, tensors, repeats: int = 3) -> tuple[object, int]:
+def fastest(sessions: dict[int, object], tensors, repeats: int = 3) -> tuple[object, int]:
     """(session, threads) of the candidate with the lowest median time on ``tensors`` (one warm-up each)."""
     import statistics
     import time
@@ -162,7 +164,6 @@ class HostPipeline:
             if node.op == "call_module" and node.target in self.hosts:
                 node.target = f"host_{node.target}"
         self.graph_module = fx.GraphModule(root, graph, class_name="HostT2VPipeline")
-        self.threads = threads
         #: what runs, in words (the report's ``latency.compiled_form``)
         self.form = (f"{form} run by ONNX Runtime's CPU execution provider inside the pipeline's graph, the "
                      "sampler's glue ops in torch")
@@ -170,13 +171,10 @@ class HostPipeline:
     def nfe(self) -> int:
         return self.pipeline.nfe()
 
-    @torch.no_grad()
     def generate(self, prompt: str, seed: int = 0) -> torch.Tensor:
         for module in self.pipeline.components.values():
             module.eval()
-        inputs = self.pipeline.prepare_inputs(prompt, seed)
-        names = [n.target for n in self.graph_module.graph.nodes if n.op == "placeholder"]
-        return self.graph_module(*[inputs[n] for n in names])
+        return self.pipeline.run_graph(self.pipeline.prepare_inputs(prompt, seed), self.graph_module)
 
     def summary(self) -> dict:
         """Graph / fallback call counts and the first-call parity of every graph (for the report)."""
@@ -185,6 +183,11 @@ class HostPipeline:
                 "torch_fallback_calls": sum(h.fallback_calls for h in self.hosts.values()),
                 "parity_max_abs": {name: value for h in self.hosts.values() for name, value in h.parity.items()},
                 "threads": {name: n for h in self.hosts.values() for name, n in h.threads.items()}}
+
+
+FORMS = {"legal": "the target's lowered graphs (target/legal/*.onnx: the static-shape graphs as legalised for HTP, "
+                  "what the QDQ export and the QNN compile take; float32)",
+         "onnx": "the target's exported graphs (target/onnx/*.onnx, static shapes, float32)"}
 
 
 def lowered_graphs(target_dir: Path, entries: Sequence[dict] | None = None,
@@ -213,7 +216,3 @@ def host_pipeline(pipeline, target_dir: Path, entries: Sequence[dict] | None = N
     form = FORMS.get(folder, f"the target's graphs (target/{folder}/*.onnx)")
     return HostPipeline(pipeline, lowered_graphs(target_dir, entries, folder), threads, form)
 
-
-FORMS = {"legal": "the target's lowered graphs (target/legal/*.onnx: the static-shape graphs as legalised for HTP, "
-                  "what the QDQ export and the QNN compile take; float32)",
-         "onnx": "the target's exported graphs (target/onnx/*.onnx, static shapes, float32)"}
