@@ -64,7 +64,7 @@ FULL = {
     "psnr_toy_videos": 8, "psnr_real_windows": 2,
     "dec_steps": 250, "dec_lr": 3e-4, "dec_ema": 0.98, "dec_temporal_weight": 10.0, "dec_image_prob": 0.0,
     "dec_frames": 49, "dec_batch": 2,
-    "den_steps": 7900, "den_batch": 16, "den_lr": 5e-4, "den_warmup": 40, "den_ema": 0.99, "den_first_frame_prob": 0.35,
+    "den_steps": 2400, "den_batch": 16, "den_lr": 5e-4, "den_warmup": 40, "den_ema": 0.99, "den_first_frame_prob": 0.35,
     "cfg_grid": [[2.0, 1.5], [3.0, 2.0], [5.0, 3.0], [7.0, 5.0]], "cfg_prompts": 8,
 }
 FAST = {
