@@ -98,6 +98,26 @@ def test_latent_norm_constants_by_hand():
     assert vshift == pytest.approx(0.0) and vscale == pytest.approx(1 / (8 / 7) ** 0.5)
 
 
+def test_build_settings_overrides_keep_types_and_reject_unknown_keys(monkeypatch, tmp_path):
+    from neoc.errors import InputError
+    from neoc.zoo import build_tiny
+    from neoc.zoo.build_tiny import FULL, launch, main, settings
+
+    cfg = settings(False, ["den_steps=7900", "den_lr=1", "cfg_grid=[[3, 2]]"])
+    assert cfg["den_steps"] == 7900 and cfg["den_lr"] == 1.0 and isinstance(cfg["den_lr"], float)
+    assert cfg["cfg_grid"] == [[3, 2]] and FULL["den_steps"] != 7900  # the module's settings are untouched
+    for bad in ("den_step=10", "den_steps", "den_steps=1.5", "den_steps=lots"):
+        with pytest.raises(InputError, match="--set"):
+            settings(False, [bad])
+    with pytest.raises(SystemExit):  # the CLI reports it as a usage error before any stage runs
+        main(["--out", str(tmp_path / "never-created"), "--set", "den_step=10"])
+    assert not (tmp_path / "never-created").exists()
+    commands = []  # the stage processes get the same overrides
+    monkeypatch.setattr(build_tiny.subprocess, "run", lambda cmd, **kwargs: commands.append(cmd))
+    launch("cfg", tmp_path, False, 1, ["den_steps=7900"])
+    assert commands[0][-2:] == ["--set", "den_steps=7900"]
+
+
 def test_vae_noise_is_annealed_then_off():
     from neoc.zoo.build_tiny import VAEBatches
 

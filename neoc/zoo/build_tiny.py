@@ -1,6 +1,6 @@
 """Rebuild the shipped ``builtin:pyramid-tiny`` weights from scratch, reproducibly (seeded).
 
-    python -m neoc.zoo.build_tiny [--fast] [--out out/build-tiny] [--procs 2] [--ship]
+    python -m neoc.zoo.build_tiny [--fast] [--out out/build-tiny] [--procs 2] [--set KEY=VALUE ...] [--ship]
 
 Stages (each resumable: a finished stage is skipped, an interrupted training resumes from its checkpoint):
 
@@ -30,7 +30,9 @@ Reproducibility: every random draw comes from seeds fixed here and from per-step
 (``neoc.train.loop.step_seed``), so the same command with the same ``--procs`` (the data stream is per rank)
 gives the same weights on the same software; a run resumed from its checkpoints gives bit-identical weights.
 Training settings use constant learning rates with EMA (denoiser, decoder refinement), so raising their step
-counts and re-running the command continues the earlier run exactly.
+counts and re-running the command continues the earlier run exactly: ``--set den_steps=7900`` with the
+denoiser and cfg stages' ``.done.json`` markers removed continues a 2,400-step denoiser to 7,900 steps
+(``docs/tiny-denoiser-notes.md``).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from neoc.errors import InputError
 
 from neoc.zoo.builtin import TINY_SIZE
 
@@ -80,8 +84,30 @@ OPTIONAL_STAGES = ("vae3",)
 DISTRIBUTED_STAGES = ("vae", "vae2", "encode", "denoiser", "decoder", "psnr", "cfg")
 
 
-def settings(fast: bool) -> dict:
-    return dict(FAST if fast else FULL)
+def settings(fast: bool, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """The build settings (FULL, or FAST for a smoke test) with ``KEY=VALUE`` overrides applied.
+
+    A value is read as JSON (``den_steps=7900``, ``cfg_grid=[[3,2]]``) and must keep the type of the setting it
+    replaces (an int may stand for a float); unknown keys and type changes raise ``InputError``.
+    """
+    cfg = dict(FAST if fast else FULL)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or key not in cfg:
+            known = ", ".join(sorted(cfg))
+            raise InputError(f"--set {item!r}: expected KEY=VALUE with KEY one of: {known}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        old = cfg[key]
+        if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not type(old):
+            raise InputError(f"--set {key}: expected {type(old).__name__} like {old!r}, got {value!r}")
+        cfg[key] = value
+    return cfg
 
 
 # ---- small helpers ---------------------------------------------------------------------------------------
@@ -714,10 +740,12 @@ def run_worker(stage: str, out: Path, cfg: dict) -> None:
         cleanup()
 
 
-def launch(stage: str, out: Path, fast: bool, procs: int) -> float:
+def launch(stage: str, out: Path, fast: bool, procs: int, overrides: list[str] | tuple[str, ...] = ()) -> float:
     """Run one stage in ``procs`` processes (torchrun) or in-process; returns its wall seconds."""
     start = time.time()
     args = ["--worker", stage, "--out", str(out)] + (["--fast"] if fast else [])
+    for item in overrides:
+        args += ["--set", item]
     if procs > 1 and stage in DISTRIBUTED_STAGES:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs),
                "-m", "neoc.zoo.build_tiny", *args]
@@ -738,9 +766,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of stages")
     parser.add_argument("--ship", action="store_true",
                         help="write the weights into the package (neoc/zoo/weights) instead of OUT/weights")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one build setting (JSON value, same type), e.g. --set den_steps=7900; "
+                             "repeatable; the write stage records the overrides in the weights' metadata")
     parser.add_argument("--worker", choices=STAGES[:-1] + OPTIONAL_STAGES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    cfg = settings(args.fast)
+    try:
+        cfg = settings(args.fast, args.overrides)
+    except InputError as err:
+        parser.error(str(err))
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     if args.worker:
@@ -752,14 +786,15 @@ def main(argv: list[str] | None = None) -> int:
         if stage == "write":
             from neoc.zoo.builtin import WEIGHTS_DIR
 
-            command = "python -m neoc.zoo.build_tiny" + (" --fast" if args.fast else "") + (" --ship" if args.ship else "")
+            command = ("python -m neoc.zoo.build_tiny" + (" --fast" if args.fast else "")
+                       + "".join(f" --set {item}" for item in args.overrides) + (" --ship" if args.ship else ""))
             stage_write(out, cfg, WEIGHTS_DIR if args.ship else None, command)
             continue
         marker = _done_marker(out, stage)
         if marker.is_file():
             print(f"[build_tiny] stage {stage}: done before, skipped", flush=True)
             continue
-        seconds = launch(stage, out, args.fast, args.procs)
+        seconds = launch(stage, out, args.fast, args.procs, args.overrides)
         marker.write_text(json.dumps({"stage": stage, "wall_seconds": seconds, "procs": args.procs}))
     return 0
 
