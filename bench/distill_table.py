@@ -46,34 +46,21 @@ def load_teacher(model: str, from_build: str | None = None):
 
 def from_build_folder(folder: Path):
     """A ``builtin:pyramid-tiny`` teacher from a ``neoc.zoo.build_tiny`` output folder before the weights ship:
-    the trained VAE and refined decoder, the latent normalisation of ``measure.json``, the EMA weights of the latest
-    denoiser checkpoint (denoiser + text side), and the CFG the build's sweep chose (``cfg.json``; 7 / 5 before
-    that stage has run)."""
-    import json as _json
+    the build's VAE, refined decoder and latent normalisation, the EMA weights of the latest denoiser checkpoint
+    (denoiser + text side), and the CFG the build's sweep chose (7 / 5 before that stage has run)."""
     import shutil
     import tempfile
 
-    from neoc.models.text_encoders import PromptEncoderBundle
     from neoc.train import checkpoint as ckpt
-    from neoc.zoo import model_configs as mc
-    from neoc.zoo import text_configs as tc
-    from neoc.zoo.build_tiny import DENOISER_ROLES, load_roles, load_trained_decoder, load_trained_vae
-    from neoc.zoo.builtin import assemble, native_schedule, tiny_spec
+    from neoc.zoo.build_tiny import candidate_pipeline, chosen_guidance
 
-    norm = tuple(_json.loads((folder / "measure.json").read_text())["latent_norm"])
-    cfg_file = folder / "cfg.json"
-    guidance = tuple(_json.loads(cfg_file.read_text())["chosen"]) if cfg_file.is_file() else (7.0, 5.0)
-    pipe = assemble(tiny_spec(norm), native_schedule(*guidance), mc.TINY_MMDIT_CONFIG, mc.TINY_VAE_CONFIG,
-                    tc.TINY_T5_CONFIG, tc.TINY_CLIP_L_CONFIG, tc.TINY_CLIP_G_CONFIG,
-                    prompt_encoder=PromptEncoderBundle.tiny(), source=f"builtin:pyramid-tiny (build {folder})")
-    load_trained_vae(folder, pipe)
-    load_trained_decoder(folder, pipe)
     latest = ckpt.latest_checkpoint(folder / "denoiser")
     with tempfile.TemporaryDirectory() as tmp:  # the build may rotate its checkpoints while we read
         local = Path(shutil.copytree(latest, Path(tmp) / latest.name))
         state = ckpt.load_checkpoint(local)
-    tensors = {**state["model"], **(state["ema"] or {})}
-    load_roles({r: pipe.components[r] for r in DENOISER_ROLES}, tensors)
+    guidance = chosen_guidance(folder)
+    pipe = candidate_pipeline(folder, guidance, {**state["model"], **(state["ema"] or {})},
+                              source=f"builtin:pyramid-tiny (build {folder})")
     pipe.info["weights"] = {"file": f"{latest} (EMA)", "training": {"denoiser_step": state["step"]}}
     print(f"[distill-bench] teacher from {latest} (step {state['step']}, EMA), CFG {guidance[0]:g} / {guidance[1]:g}",
           flush=True)

@@ -48,12 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     from PIL import Image
 
-    from neoc.zoo.build_tiny import candidate_pipeline, generate
+    from neoc.zoo.build_tiny import candidate_pipeline, chosen_guidance, generate
 
     start = time.time()
     if args.from_build is not None:
-        meta = json.loads((args.from_build / "cfg.json").read_text()) if (args.from_build / "cfg.json").is_file() else {}
-        pipe = candidate_pipeline(args.from_build, tuple(meta.get("chosen", (7.0, 5.0))))
+        pipe = candidate_pipeline(args.from_build, chosen_guidance(args.from_build))
     else:
         from neoc.zoo.builtin import build
 

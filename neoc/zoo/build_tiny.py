@@ -49,7 +49,6 @@ import numpy as np
 import torch
 
 from neoc.errors import InputError
-
 from neoc.zoo.builtin import TINY_SIZE
 
 DEFAULT_OUT = Path("out/build-tiny")
@@ -580,8 +579,16 @@ def stage_psnr(out: Path, cfg: dict) -> dict:
 
 
 # ---- stage 7: CFG sweep -------------------------------------------------------------------------------------
-def candidate_pipeline(out: Path, guidance: tuple[float, float] = (7.0, 5.0)):
-    """The trained tiny pipeline assembled in memory from the build folder (VAE + EMA denoiser + norms)."""
+def chosen_guidance(out: Path) -> tuple[float, float]:
+    """(first-frame, video) CFG the build's sweep chose (``cfg.json``), or 7 / 5 before the cfg stage has run."""
+    path = out / "cfg.json"
+    return tuple(json.loads(path.read_text())["chosen"]) if path.is_file() else (7.0, 5.0)
+
+
+def candidate_pipeline(out: Path, guidance: tuple[float, float] = (7.0, 5.0),
+                       denoiser_tensors: dict[str, torch.Tensor] | None = None, source: str = "builtin:pyramid-tiny"):
+    """The trained tiny pipeline assembled in memory from the build folder (VAE + refined decoder + norms + the
+    denoiser-side roles: ``denoiser_tensors`` when given, e.g. a checkpoint's EMA, else ``denoiser.safetensors``)."""
     from safetensors.torch import load_file
 
     from neoc.models.text_encoders import PromptEncoderBundle
@@ -592,10 +599,12 @@ def candidate_pipeline(out: Path, guidance: tuple[float, float] = (7.0, 5.0)):
     norm = tuple(json.loads((out / "measure.json").read_text())["latent_norm"])
     pipe = assemble(tiny_spec(norm), native_schedule(*guidance), mc.TINY_MMDIT_CONFIG, mc.TINY_VAE_CONFIG,
                     tc.TINY_T5_CONFIG, tc.TINY_CLIP_L_CONFIG, tc.TINY_CLIP_G_CONFIG,
-                    prompt_encoder=PromptEncoderBundle.tiny(), source="builtin:pyramid-tiny")
+                    prompt_encoder=PromptEncoderBundle.tiny(), source=source)
     load_trained_vae(out, pipe)  # the refined (vae2) VAE when that stage ran: the one the latents came from
     load_trained_decoder(out, pipe)
-    load_roles({r: pipe.components[r] for r in DENOISER_ROLES}, load_file(str(out / "denoiser" / "denoiser.safetensors")))
+    if denoiser_tensors is None:
+        denoiser_tensors = load_file(str(out / "denoiser" / "denoiser.safetensors"))
+    load_roles({r: pipe.components[r] for r in DENOISER_ROLES}, denoiser_tensors)
     for module in pipe.components.values():
         module.eval()
     return pipe
@@ -675,8 +684,8 @@ def stage_write(out: Path, cfg: dict, weights_dir: Path | None = None,
                 command: str = "python -m neoc.zoo.build_tiny --ship") -> dict:
     from neoc.zoo.builtin import TINY_META, TINY_VAE_WEIGHTS, TINY_WEIGHTS, VAE_ROLES, save_role_weights
 
-    cfg_result = json.loads((out / "cfg.json").read_text()) if (out / "cfg.json").is_file() else {"chosen": [7.0, 5.0]}
-    guidance = tuple(cfg_result["chosen"])
+    cfg_result = json.loads((out / "cfg.json").read_text()) if (out / "cfg.json").is_file() else {}
+    guidance = chosen_guidance(out)
     pipe = candidate_pipeline(out, guidance)
     measure = json.loads((out / "measure.json").read_text())
     stages = {}

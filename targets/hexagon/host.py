@@ -215,4 +215,3 @@ def host_pipeline(pipeline, target_dir: Path, entries: Sequence[dict] | None = N
                   threads: int | str = DEFAULT_THREADS, folder: str = "legal") -> HostPipeline:
     form = FORMS.get(folder, f"the target's graphs (target/{folder}/*.onnx)")
     return HostPipeline(pipeline, lowered_graphs(target_dir, entries, folder), threads, form)
-
