@@ -27,10 +27,17 @@ t=0; Wan: the image frame is never time-doubled).
 
 Choices made here:
 
-* **Initialisation.** No pretrained TAEHV / Wan weights are available offline (and their latent spaces differ
-  anyway), so the decoders start from random weights, except the output conv's bias: set to the training
-  patches' mean colour (through atanh for TAEHV's tanh output), TAEHV's own trick (it starts that bias at 0.5,
-  its mean grey), so training starts from the best constant image instead of a random colour cast.
+* **Initialisation.** The paper fine-tunes a *pretrained* decoder made for another latent space (TAEHV was
+  trained on HunyuanVideo's latents). ``init`` names such weights: a ``.safetensors`` file of this family's
+  decoder, or ``builtin`` for the one the model source ships — builtin:pyramid-tiny ships a TAEHV pretrained on a
+  *sibling* latent space (the tiny VAE's stage-1 encoder, before its refinement: latent cosine ~0.85 with the
+  shipped encoder's; ``neoc.zoo.build_tiny`` stage ``taehv``), the tiny analogue of the public TAEHV checkpoint.
+  Tensors whose shape differs keep their random init (listed in ``metrics.init``), and the pretrained start is
+  scored on the eval clips before training (``metrics.init.psnr_db``), so the fine-tuning's share is visible.
+  With ``init: ''`` (no pretrained weights) the decoder starts from random weights, except the output conv's
+  bias: set to the training patches' mean colour (through atanh for TAEHV's tanh output), TAEHV's own trick (it
+  starts that bias at 0.5, its mean grey), so training starts from the best constant image instead of a random
+  colour cast.
 * **Data.** Random ``patch_frames x patch_size x patch_size`` crops (paper: 33x256x256) of toy-world renders
   (train split) and of real clip windows (the train split of the shared clip folder; never a clip that is
   evaluated), mixed by ``toy_fraction``. ``pool_size > 0`` encodes that many patches once and samples batches
@@ -104,6 +111,12 @@ def _multiple_of_8(_inst, attribute, value):
                                                f"compression), got {value}")
 
 
+def _init_choice(_inst, attribute, value):
+    if value not in ("", "builtin") and not str(value).endswith(".safetensors"):
+        raise ConfigValueError(attribute.name, f"{attribute.name} must be '', 'builtin' or a .safetensors file, "
+                                               f"got {value!r}")
+
+
 @attrs.frozen
 class SwapDecoderConfig:
     family: Literal["taehv", "wan"] = attrs.field(
@@ -160,9 +173,22 @@ class SwapDecoderConfig:
         "(0 = off: reconstruction of encoder latents only, the paper's setting)"))
     generated_weight: float = attrs.field(default=1.0, validator=in_range(0.0), metadata=_help(
         "weight of the generated-latent term (same MSE / LPIPS weighting as the reconstruction term)"))
+    generated_frames: int = attrs.field(default=0, validator=[in_range(0), _optional_latent_aligned],
+                                        metadata=_help(
+        "frames of each generated crop, from the video's start (1 + 8k; 0 = patch_frames). The whole clip (e.g. "
+        "49) also teaches the latent frames a short patch never reaches, where generated latents drift furthest "
+        "from encoded ones"))
+    generated_size: int = attrs.field(default=0, validator=[in_range(0), _multiple_of_8], metadata=_help(
+        "square size of each generated crop in pixels (0 = patch_size)"))
     generated_eval_videos: int = attrs.field(default=2, validator=in_range(0), metadata=_help(
         "held-out generated videos (toy-world eval captions) on which new vs native decodes are compared, when "
         "generated_videos > 0"))
+    init: str = attrs.field(default="", validator=_init_choice, metadata=_help(
+        "pretrained weights the new decoder starts from (the paper fine-tunes a public decoder trained for another "
+        "latent space): '' = random init; a .safetensors file of this family's decoder in neoc's names (an optional "
+        "'vae_decoder.' prefix is dropped); 'builtin' = the one the model source ships (builtin:pyramid-tiny: a "
+        "TAEHV pretrained on a sibling latent space by neoc.zoo.build_tiny's taehv stage). Tensors whose shape "
+        "differs (a decoder adapted to 8x8x8, other widths) keep their random init and are listed in the metrics"))
     autocast: Literal["auto", "bf16", "off"] = attrs.field(
         default="auto", metadata=_help("training precision (encode + decoder step): auto = bf16 where the device "
                                        "has native bf16 (CUDA, or a CPU with AVX512-BF16/AMX), else fp32"))
@@ -242,6 +268,50 @@ def init_output_bias(decoder: nn.Module, mean_rgb: torch.Tensor) -> None:
     bias = torch.atanh(target) if isinstance(decoder, TAEHVDecoder) else target
     with torch.no_grad():
         output_conv(decoder).bias.copy_(bias)
+
+
+BUILTIN_PRETRAINED = {"builtin:pyramid-tiny": "TINY_TAEHV_WEIGHTS"}  # source -> neoc.zoo.builtin constant
+
+
+def pretrained_weights(pipeline, init: str, family: str) -> tuple[dict[str, torch.Tensor], Path]:
+    """The tensors ``init`` names (safetensors only, never pickle) with any ``vae_decoder.`` prefix dropped."""
+    from safetensors.torch import load_file
+
+    if init == "builtin":
+        # "builtin:pyramid-tiny" or "builtin:pyramid-tiny (random init)": the file ships with the package either way
+        constant = BUILTIN_PRETRAINED.get(str(getattr(pipeline, "source", "")).split(" ")[0])
+        if constant is None or family != "taehv":
+            raise InputError(f"swap-decoder: init: builtin — the model source {getattr(pipeline, 'source', '')!r} "
+                             f"ships no pretrained {family} decoder (builtin:pyramid-tiny ships a TAEHV one); give "
+                             f"a .safetensors file, or init: '' for a random start")
+        from neoc.zoo import builtin
+
+        path = getattr(builtin, constant)
+        if not path.is_file():
+            raise InputError(f"swap-decoder: init: builtin — {path} is missing; rebuild it with "
+                             f"`{builtin.REBUILD_HINT} --stages taehv,write --ship`")
+    else:
+        path = Path(init)
+        if not path.is_file():
+            raise InputError(f"swap-decoder: init: {init} is not a file")
+    prefix = "vae_decoder."
+    tensors = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in load_file(str(path)).items()}
+    return tensors, path
+
+
+def load_pretrained(decoder: nn.Module, tensors: dict[str, torch.Tensor], where: Path) -> dict:
+    """Copy every tensor whose name and shape match into ``decoder``; the rest keep their init. Raises when none
+    matches (a different family or layout). Returns what was loaded and what was not."""
+    own = decoder.state_dict()
+    matched = {k: v for k, v in tensors.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    if not matched:
+        raise InputError(f"swap-decoder: init {where}: none of its {len(tensors)} tensors matches this decoder "
+                         f"(names and shapes of {type(decoder).__name__}, {len(own)} tensors)")
+    own.update({k: v.to(own[k].dtype) for k, v in matched.items()})
+    decoder.load_state_dict(own, strict=True)
+    return {"path": str(where), "loaded": len(matched), "tensors": len(own),
+            "reinitialised": sorted(k for k in own if k not in matched),
+            "unused": sorted(k for k in tensors if k not in matched)}
 
 
 # ---- data ----------------------------------------------------------------------------------------------------
@@ -650,6 +720,10 @@ class SwapDecoder(Pass):
         if cfg.patch_size > min(spec.height, spec.width):
             raise CheckFailed(f"swap-decoder: patch_size {cfg.patch_size} exceeds the pipeline's frame size "
                               f"{spec.height}x{spec.width}")
+        if cfg.generated_frames > spec.frames or cfg.generated_size > min(spec.height, spec.width):
+            raise CheckFailed(f"swap-decoder: generated_frames / generated_size ({cfg.generated_frames} / "
+                              f"{cfg.generated_size}) exceed the pipeline's {spec.frames} frames of "
+                              f"{spec.height}x{spec.width}")
         if cfg.eval_size > min(spec.height, spec.width) or frames > spec.frames:
             raise CheckFailed("swap-decoder: eval_frames / eval_size exceed the pipeline's video size")
         if ctx.eval.videos is not None and not Path(ctx.eval.videos).is_dir():
@@ -687,18 +761,38 @@ class SwapDecoder(Pass):
         # ---- the new decoder, its output bias at the data's mean colour
         decoder = _seeded(ctx.seed, lambda: build_decoder(pipeline, cfg))
         init_output_bias(decoder, source.mean_rgb(torch.Generator().manual_seed(ctx.seed)))
+        init_record, init_hash = None, None
+        if cfg.init:
+            tensors, where = pretrained_weights(pipeline, cfg.init, cfg.family)
+            init_record, init_hash = load_pretrained(decoder, tensors, where), state_hash(tensors)
+            log.info("swap-decoder: starting from %s (%d of %d tensors loaded)", where, init_record["loaded"],
+                     init_record["tensors"])
         lpips = LPIPS(cfg.lpips_net)
+
+        # ---- evaluation clips (never trained on): the pretrained start is scored on them before training
+        frames = cfg.eval_frames or spec.frames
+        eh, ew = (cfg.eval_size, cfg.eval_size) if cfg.eval_size else (height, width)
+        real_eval = read_windows(eval_clips, frames, eh, ew, cfg.eval_windows) if eval_clips else []
+        toy_eval = [_to_float(_toy_video("eval", i, frames, eh, ew, ctx.seed)) for i in range(cfg.eval_toy_videos)]
+        if not real_eval and not toy_eval:
+            raise CheckFailed("swap-decoder: nothing to evaluate on (no eval clips and eval_toy_videos is 0)")
+        metric = lpips if cfg.lpips_net == "alex" else LPIPS("alex")
+        if init_record is not None:
+            start_scores = reconstruct(encoder, {"init": decoder.eval()}, real_eval or toy_eval, metric)["init"]
+            init_record.update(psnr_db=_mean(start_scores["psnr_db"]), lpips=_mean(start_scores["lpips"]))
+            decoder.train()
 
         # ---- generated latents: what the denoiser will hand this decoder, with the native decoder's frames
         generated = generated_eval = None
         generation_seconds = 0.0
         if cfg.generated_videos:
             start = time.perf_counter()
+            gen_frames, gen_size = cfg.generated_frames or cfg.patch_frames, cfg.generated_size or cfg.patch_size
             generated = GeneratedLatents.generate(pipeline, native, cfg.generated_videos, ctx.seed + 23, "train",
-                                                  cfg.patch_frames, cfg.patch_size, ctx.progress)
+                                                  gen_frames, gen_size, ctx.progress)
             if cfg.generated_eval_videos:
                 generated_eval = GeneratedLatents.generate(pipeline, native, cfg.generated_eval_videos, ctx.seed + 29,
-                                                           "eval", cfg.patch_frames, cfg.patch_size, ctx.progress)
+                                                           "eval", gen_frames, gen_size, ctx.progress)
             generation_seconds = time.perf_counter() - start
             log.info("swap-decoder: %d generated training videos (+%d held out) in %.1f s", cfg.generated_videos,
                      cfg.generated_eval_videos, generation_seconds)
@@ -707,7 +801,7 @@ class SwapDecoder(Pass):
         denoiser_hash = state_hash(pipeline.component("denoiser").state_dict()) if cfg.generated_videos else None
         fingerprint = _fingerprint(state_hash(encoder.state_dict()), pipeline_latent_norm(pipeline),
                                    config_to_dict(cfg), ctx.seed, sorted(eval_names), [c.name for c in train_clips],
-                                   spec.name, [height, width], denoiser_hash)
+                                   spec.name, [height, width], denoiser_hash, init_hash)
         out_dir = ctx.work_dir / "train" / f"{cfg.family}-{fingerprint}"
         encoder.to(info.device)
         precision = resolve_autocast(cfg.autocast, info.device)
@@ -719,13 +813,6 @@ class SwapDecoder(Pass):
         lpips.to(home)
 
         # ---- evaluate on clips never trained on: native vs new, through the frozen encoder
-        frames = cfg.eval_frames or spec.frames
-        eh, ew = (cfg.eval_size, cfg.eval_size) if cfg.eval_size else (height, width)
-        real_eval = read_windows(eval_clips, frames, eh, ew, cfg.eval_windows) if eval_clips else []
-        toy_eval = [_to_float(_toy_video("eval", i, frames, eh, ew, ctx.seed)) for i in range(cfg.eval_toy_videos)]
-        if not real_eval and not toy_eval:
-            raise CheckFailed("swap-decoder: nothing to evaluate on (no eval clips and eval_toy_videos is 0)")
-        metric = lpips if cfg.lpips_net == "alex" else LPIPS("alex")
         norm = pipeline_latent_norm(pipeline)
         decoders = {"native": native, "new": decoder}
         primary = reconstruct(encoder, decoders, real_eval or toy_eval, metric)
@@ -769,6 +856,7 @@ class SwapDecoder(Pass):
                         "blocks_per_stage": decoder_blocks(pipeline, cfg)},
         }
         metrics["psnr_gap_db"] = metrics["psnr_native_db"] - metrics["psnr_new_db"]
+        metrics["init"] = init_record or {"path": None, "note": "random init (output bias at the data's mean colour)"}
         if generated is not None:
             metrics["generated"] = {"videos": cfg.generated_videos, "weight": cfg.generated_weight,
                                     "seconds": round(generation_seconds, 2),

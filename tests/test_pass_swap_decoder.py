@@ -324,3 +324,91 @@ def test_temporal_term_penalises_flicker_not_a_constant_offset():
         losses[name] = float(with_term)
         assert "temporal_mse" in metrics
     assert losses["offset"] == pytest.approx(0.04) and losses["flicker"] > 0.04 + 10 * 0.1
+
+
+def test_init_starts_from_pretrained_weights_and_reports_what_it_loaded(tiny_pipeline, clip_root, tmp_path,
+                                                                         monkeypatch):
+    """init: a .safetensors file: tensors with matching names and shapes are loaded (an optional 'vae_decoder.'
+    prefix dropped), the rest keep their init and are listed; the start is scored before training."""
+    from safetensors.torch import save_file
+
+    from neoc.passes.swap_decoder import build_decoder
+
+    monkeypatch.setenv("NEOC_DATA_DIR", str(clip_root))
+    config = swap_config(lr=0.0, ema_decay=0.0)
+    torch.manual_seed(123)
+    pretrained = build_decoder(tiny_pipeline, config).state_dict()
+    dropped = sorted(pretrained)[0]
+    tensors = {f"vae_decoder.{k}": v.clone() for k, v in pretrained.items() if k != dropped}
+    tensors["vae_decoder.not.in.this.decoder"] = torch.zeros(3)
+    path = tmp_path / "pretrained.safetensors"
+    save_file(tensors, str(path))
+
+    pass_cls = registry.get_pass("swap-decoder")
+    result, _ = pass_cls(swap_config(lr=0.0, ema_decay=0.0, init=str(path))).apply(
+        tiny_pipeline.clone(), PassContext(seed=0, work_dir=tmp_path / "work", quiet=True))
+    init = result.metrics["init"]
+    assert init["loaded"] == len(pretrained) - 1 and init["tensors"] == len(pretrained)
+    assert init["reinitialised"] == [dropped] and init["unused"] == ["not.in.this.decoder"]
+    assert math.isfinite(init["psnr_db"]) and init["lpips"] >= 0
+    state = result.pipeline.component("vae_decoder").state_dict()
+    loaded = [k for k in pretrained if k != dropped and pretrained[k].is_floating_point()]
+    assert all(torch.equal(state[k], pretrained[k]) for k in loaded)  # lr 0: what was loaded is what ships
+
+    scratch, _ = pass_cls(swap_config(lr=0.0, ema_decay=0.0)).apply(
+        tiny_pipeline.clone(), PassContext(seed=0, work_dir=tmp_path / "scratch", quiet=True))
+    assert scratch.metrics["init"]["path"] is None
+    assert not torch.equal(scratch.pipeline.component("vae_decoder").state_dict()[loaded[0]], pretrained[loaded[0]])
+
+
+def test_init_refuses_weights_it_cannot_use(tiny_pipeline, tmp_path):
+    from safetensors.torch import save_file
+
+    from neoc.passes.swap_decoder import load_pretrained, pretrained_weights
+
+    with pytest.raises(Exception, match="init must be"):
+        swap_config(init="decoder.pt")  # pickle checkpoints are never loaded
+    with pytest.raises(InputError, match="not a file"):
+        pretrained_weights(tiny_pipeline, str(tmp_path / "missing.safetensors"), "taehv")
+    other = tiny_pipeline.clone()
+    other.source = "/models/some-video-dit"
+    with pytest.raises(InputError, match="ships no pretrained taehv decoder"):
+        pretrained_weights(other, "builtin", "taehv")
+    with pytest.raises(InputError, match="ships no pretrained wan decoder"):
+        pretrained_weights(tiny_pipeline, "builtin", "wan")
+    save_file({"vae_decoder.layers.0.weight": torch.zeros(2, 2)}, str(tmp_path / "wrong.safetensors"))
+    tensors, where = pretrained_weights(tiny_pipeline, str(tmp_path / "wrong.safetensors"), "taehv")
+    with pytest.raises(InputError, match="none of its 1 tensors matches"):
+        load_pretrained(TAEHVDecoder(16, (16, 8, 8, 8), 1), tensors, where)
+
+
+def test_builtin_init_is_the_shipped_pretrained_taehv_for_this_layout(tiny_pipeline):
+    """builtin:pyramid-tiny ships a TAEHV pretrained on a sibling latent space (build_tiny stage taehv): every
+    tensor of the tiny profile's decoder layout comes from it."""
+    from neoc.passes.swap_decoder import build_decoder, load_pretrained, pretrained_weights
+
+    tensors, where = pretrained_weights(tiny_pipeline, "builtin", "taehv")
+    assert where.name == "pyramid-tiny-taehv.safetensors"
+    record = load_pretrained(build_decoder(tiny_pipeline, swap_config()), tensors, where)
+    assert record["reinitialised"] == [] and record["unused"] == [] and record["loaded"] == len(tensors)
+
+
+def test_generated_crops_can_span_the_whole_clip():
+    """generated_frames: 49 crops every latent frame of a generated video (a 17-frame patch reaches only the first
+    three), still from the start, with the matching crop of the whole-video native decode."""
+    from neoc.passes.swap_decoder import GeneratedLatents
+
+    latents, frames = torch.randn(2, 16, 7, 8, 8), torch.randn(2, 3, 49, 64, 64)
+    z, x = GeneratedLatents(latents, frames, 49, 32).sample(torch.Generator().manual_seed(3))
+    assert z.shape == (1, 16, 7, 4, 4) and x.shape == (1, 3, 49, 32, 32)
+    assert any(torch.equal(x, frames[i:i + 1, :, :, 8 * y:8 * y + 32, 8 * c:8 * c + 32])
+               for i in range(2) for y in range(5) for c in range(5))
+    with pytest.raises(Exception, match="1 \\+ 8k"):
+        swap_config(generated_frames=20)
+
+
+def test_refuses_generated_crops_larger_than_the_video(tiny_pipeline, tmp_path):
+    pass_cls = registry.get_pass("swap-decoder")
+    with pytest.raises(CheckFailed, match="generated_frames / generated_size"):
+        pass_cls(swap_config(generated_frames=57)).check_preconditions(
+            tiny_pipeline, PassContext(seed=0, work_dir=tmp_path, quiet=True))

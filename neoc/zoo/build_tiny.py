@@ -18,9 +18,12 @@ Stages (each resumable: a finished stage is skipped, an interrupted training res
 5. ``decoder``  refine the VAE decoder with the encoder frozen (the latent space, hence the denoiser, is unchanged),
                with a temporal term (frame-difference MSE) against flicker between the frames of a latent group.
 6. ``psnr``     reconstruction PSNR of held-out toy videos and of the held-out real clip (49 frames, 64x64).
-7. ``cfg``      pick the first-frame / video CFG scales by a small sweep on held-out prompts with the quality
+7. ``taehv``    pretrain a TAEHV-family decoder on a sibling latent space (the stage-1 VAE's), by running the
+               ``swap-decoder`` pass on that VAE: shipped as ``pyramid-tiny-taehv.safetensors``, the start of the
+               recipe's ``swap-decoder`` (``init: builtin``), as the paper starts from the public TAEHV checkpoint.
+8. ``cfg``      pick the first-frame / video CFG scales by a small sweep on held-out prompts with the quality
                instrument (neoc.eval.quality), if its probe weights exist (else keep 7 / 5).
-8. ``write``    fp16 role-prefixed weights + ``pyramid-tiny.json`` (latent_norm, guidance, training record) into
+9. ``write``    fp16 role-prefixed weights + ``pyramid-tiny.json`` (latent_norm, guidance, training record) into
                ``OUT/weights``, or with ``--ship`` into the package (``neoc/zoo/weights``).
 
 Caches, checkpoints and TensorBoard logs live under ``--out`` (gitignored ``out/`` by default).
@@ -40,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -69,15 +73,16 @@ FULL = {
     "dec_frames": 49, "dec_batch": 2,
     "den_steps": 2400, "den_batch": 16, "den_lr": 5e-4, "den_warmup": 40, "den_ema": 0.99, "den_first_frame_prob": 0.35,
     "cfg_grid": [[2.0, 1.5], [3.0, 2.0], [5.0, 3.0], [7.0, 5.0]], "cfg_prompts": 8,
+    "taehv_steps": 3000, "taehv_lr": 1e-3, "taehv_batch": 2, "taehv_pool": 512, "taehv_warmup": 100,
 }
 FAST = {
     **FULL,
     "vae_steps": 3, "vae2_steps": 2, "vae3_steps": 2, "vae3_batch": 1, "vae_batch": 1, "vae_image_batch": 1, "vae_noise_until": 1, "vae_noise_off_at": 2,
     "encode_videos": 6, "encode_images": 16, "norm_videos": 6,
     "psnr_toy_videos": 1, "psnr_real_windows": 1, "dec_steps": 2, "den_steps": 4, "den_batch": 2, "den_warmup": 2,
-    "cfg_grid": [[7.0, 5.0]], "cfg_prompts": 1,
+    "cfg_grid": [[7.0, 5.0]], "cfg_prompts": 1, "taehv_steps": 2, "taehv_pool": 4, "taehv_warmup": 1,
 }
-STAGES = ("vae", "vae2", "encode", "measure", "denoiser", "decoder", "psnr", "cfg", "write")
+STAGES = ("vae", "vae2", "encode", "measure", "denoiser", "decoder", "psnr", "taehv", "cfg", "write")
 # opt-in experiments (``--stages vae3,...``), not part of the default rebuild of the shipped weights
 OPTIONAL_STAGES = ("vae3",)
 DISTRIBUTED_STAGES = ("vae", "vae2", "encode", "denoiser", "decoder", "psnr", "cfg")
@@ -578,6 +583,45 @@ def stage_psnr(out: Path, cfg: dict) -> dict:
     return {}
 
 
+# ---- stage taehv: a TAEHV decoder pretrained on a sibling latent space ----------------------------------------
+TAEHV_SUMMARY_KEYS = ("psnr_native_db", "psnr_new_db", "lpips_native", "lpips_new", "params_after")
+
+
+def stage_taehv(out: Path, cfg: dict) -> dict:
+    """The tiny analogue of the public TAEHV checkpoint that Neodragon §3.2 fine-tunes: the ``swap-decoder`` pass
+    itself (same code, same loss as the tiny recipe profile, longer) run on a *sibling* pipeline whose VAE is the
+    stage-1 ``vae`` weights, before the ``vae2`` refinement moved the latent space (latent cosine ~0.85 with the
+    shipped encoder's on held-out toy videos; its own round trip ~17-19 dB against the shipped VAE's ~23 dB). So
+    the decoder is pretrained for a latent space that is related to, not the same as, the one it will serve, and
+    the recipe's ``swap-decoder`` (``init: builtin``) still has to adapt it. Writes ``taehv/taehv.safetensors``
+    (fp16, ``vae_decoder.``-prefixed) and ``taehv/summary.json``."""
+    from safetensors.torch import load_file, save_file
+
+    from neoc.pass_api import EvalData, PassContext
+    from neoc.passes.swap_decoder import SwapDecoder, SwapDecoderConfig
+    from neoc.zoo.builtin import VAE_ROLES
+
+    pipe = candidate_pipeline(out)
+    load_roles({r: pipe.components[r] for r in VAE_ROLES}, load_file(str(out / "vae" / "vae.safetensors")))
+    pipe.source = "build_tiny:stage-1-vae"  # not builtin: the pass starts this decoder from random weights
+    config = SwapDecoderConfig(family="taehv", steps=cfg["taehv_steps"], lr=cfg["taehv_lr"],
+                               batch_size=cfg["taehv_batch"], warmup=cfg["taehv_warmup"], patch_frames=17,
+                               patch_size=64, pool_size=cfg["taehv_pool"], toy_fraction=0.75, w_temporal=50.0,
+                               checkpoint_every=100, latency_repeats=1)
+    ctx = PassContext(seed=SEED + 11, work_dir=out / "taehv", eval=EvalData())
+    result, seconds = SwapDecoder(config).apply(pipe, ctx)
+    decoder = result.pipeline.component("vae_decoder")
+    tensors = {f"vae_decoder.{k}": v.detach().to(torch.float16).contiguous() for k, v in decoder.state_dict().items()}
+    save_file(tensors, str(out / "taehv" / "taehv.safetensors"), metadata={"family": "taehv",
+                                                                          "latent_space": "stage-1 vae"})
+    summary = {"steps": result.metrics["train"]["steps"], "final_loss": result.metrics["train"]["final_loss"],
+               "wall_seconds": round(seconds, 1), "latent_space": "stage-1 vae (before vae2)",
+               **{k: result.metrics[k] for k in TAEHV_SUMMARY_KEYS}}
+    (out / "taehv" / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"[taehv] {json.dumps(summary)}", flush=True)
+    return summary
+
+
 # ---- stage 7: CFG sweep -------------------------------------------------------------------------------------
 def chosen_guidance(out: Path) -> tuple[float, float]:
     """(first-frame, video) CFG the build's sweep chose (``cfg.json``), or 7 / 5 before the cfg stage has run."""
@@ -682,7 +726,8 @@ def stage_cfg(out: Path, cfg: dict) -> dict:
 # ---- stage 8: write the shipped files -------------------------------------------------------------------------
 def stage_write(out: Path, cfg: dict, weights_dir: Path | None = None,
                 command: str = "python -m neoc.zoo.build_tiny --ship") -> dict:
-    from neoc.zoo.builtin import TINY_META, TINY_VAE_WEIGHTS, TINY_WEIGHTS, VAE_ROLES, save_role_weights
+    from neoc.zoo.builtin import (TINY_META, TINY_TAEHV_WEIGHTS, TINY_VAE_WEIGHTS, TINY_WEIGHTS, VAE_ROLES,
+                                  save_role_weights)
 
     cfg_result = json.loads((out / "cfg.json").read_text()) if (out / "cfg.json").is_file() else {}
     guidance = chosen_guidance(out)
@@ -719,6 +764,9 @@ def stage_write(out: Path, cfg: dict, weights_dir: Path | None = None,
         "cfg_sweep": {k: cfg_result.get(k) for k in ("grid", "scores", "rule", "note", "seconds_per_video")
                       if k in cfg_result},
     }
+    taehv_path = out / "taehv" / "summary.json"
+    if taehv_path.is_file():
+        training["taehv_pretrained"] = json.loads(taehv_path.read_text())
     meta = {"latent_norm": measure["latent_norm"], "guidance": list(guidance), "training": training}
     target = weights_dir or (out / "weights")
     weights_path = target / TINY_WEIGHTS.name
@@ -726,6 +774,8 @@ def stage_write(out: Path, cfg: dict, weights_dir: Path | None = None,
     # two files, each well under 20 MB: text side + denoiser, and the VAE
     save_role_weights(pipe, weights_path, header, roles=tuple(r for r in pipe.components if r not in VAE_ROLES))
     save_role_weights(pipe, target / TINY_VAE_WEIGHTS.name, header, roles=VAE_ROLES)
+    if (out / "taehv" / "taehv.safetensors").is_file():
+        shutil.copyfile(out / "taehv" / "taehv.safetensors", target / TINY_TAEHV_WEIGHTS.name)
     (target / TINY_META.name).write_text(json.dumps(meta, indent=1))
     print(f"[write] {weights_path} ({weights_path.stat().st_size / 1e6:.1f} MB), {target / TINY_META.name}", flush=True)
     return meta
@@ -740,7 +790,7 @@ def run_worker(stage: str, out: Path, cfg: dict) -> None:
     # the cores are shared by the stage's processes (torchrun sets WORLD_SIZE; a single process gets them all)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", "1"))))
     fn = {"vae": stage_vae, "vae2": stage_vae2, "vae3": stage_vae3, "encode": stage_encode, "measure": stage_measure, "denoiser": stage_denoiser,
-          "decoder": stage_decoder, "psnr": stage_psnr, "cfg": stage_cfg}[stage]
+          "decoder": stage_decoder, "psnr": stage_psnr, "taehv": stage_taehv, "cfg": stage_cfg}[stage]
     try:
         fn(out, cfg)
     finally:

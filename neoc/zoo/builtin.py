@@ -21,6 +21,8 @@ TINY_WEIGHTS = WEIGHTS_DIR / "pyramid-tiny.safetensors"          # text side + d
 TINY_VAE_WEIGHTS = WEIGHTS_DIR / "pyramid-tiny-vae.safetensors"  # VAE encoder + decoder
 VAE_ROLES = ("vae_encoder", "vae_decoder")
 TINY_META = WEIGHTS_DIR / "pyramid-tiny.json"
+# a TAEHV-family decoder pretrained on a sibling latent space: swap-decoder's `init: builtin` (not a pipeline role)
+TINY_TAEHV_WEIGHTS = WEIGHTS_DIR / "pyramid-tiny-taehv.safetensors"
 REBUILD_HINT = "python -m neoc.zoo.build_tiny"
 
 # Latent normalisation of the tiny VAE: measured on encoded toy-world videos by build_tiny and stored in
