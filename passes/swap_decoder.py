@@ -270,23 +270,20 @@ def init_output_bias(decoder: nn.Module, mean_rgb: torch.Tensor) -> None:
         output_conv(decoder).bias.copy_(bias)
 
 
-BUILTIN_PRETRAINED = {"builtin:pyramid-tiny": "TINY_TAEHV_WEIGHTS"}  # source -> neoc.zoo.builtin constant
-
-
 def pretrained_weights(pipeline, init: str, family: str) -> tuple[dict[str, torch.Tensor], Path]:
     """The tensors ``init`` names (safetensors only, never pickle) with any ``vae_decoder.`` prefix dropped."""
     from safetensors.torch import load_file
 
     if init == "builtin":
-        # "builtin:pyramid-tiny" or "builtin:pyramid-tiny (random init)": the file ships with the package either way
-        constant = BUILTIN_PRETRAINED.get(str(getattr(pipeline, "source", "")).split(" ")[0])
-        if constant is None or family != "taehv":
-            raise InputError(f"swap-decoder: init: builtin — the model source {getattr(pipeline, 'source', '')!r} "
-                             f"ships no pretrained {family} decoder (builtin:pyramid-tiny ships a TAEHV one); give "
-                             f"a .safetensors file, or init: '' for a random start")
         from neoc.zoo import builtin
 
-        path = getattr(builtin, constant)
+        source = str(getattr(pipeline, "source", ""))
+        # "builtin:pyramid-tiny" or "builtin:pyramid-tiny (random init)": the file ships with the package either way
+        if source.split(" ")[0] != "builtin:pyramid-tiny" or family != "taehv":
+            raise InputError(f"swap-decoder: init: builtin — the model source {source!r} ships no pretrained "
+                             f"{family} decoder (builtin:pyramid-tiny ships a TAEHV one); give a .safetensors file, "
+                             f"or init: '' for a random start")
+        path = builtin.TINY_TAEHV_WEIGHTS
         if not path.is_file():
             raise InputError(f"swap-decoder: init: builtin — {path} is missing; rebuild it with "
                              f"`{builtin.REBUILD_HINT} --stages taehv,write --ship`")
@@ -382,6 +379,20 @@ def training_clips(excluded_names: set[str]) -> list[Path]:
     except InputError:
         return []
     return [c for c in clips if c.name not in excluded_names]
+
+
+def eval_shape(config: SwapDecoderConfig, spec) -> tuple[int, int, int]:
+    """(frames, height, width) of the evaluation clips: the pipeline's unless eval_frames / eval_size say."""
+    side = config.eval_size
+    return config.eval_frames or spec.frames, side or spec.height, side or spec.width
+
+
+def eval_videos(config: SwapDecoderConfig, spec, eval_clips: list[Path], seed: int) -> tuple[list, list]:
+    """(real windows, toy-world eval videos), float [3, F, H, W], at :func:`eval_shape`; none of them trains."""
+    frames, height, width = eval_shape(config, spec)
+    real = read_windows(eval_clips, frames, height, width, config.eval_windows) if eval_clips else []
+    toy = [_to_float(_toy_video("eval", i, frames, height, width, seed)) for i in range(config.eval_toy_videos)]
+    return real, toy
 
 
 def read_windows(clips: list[Path], frames: int, height: int, width: int, per_clip: int) -> list[torch.Tensor]:
@@ -769,18 +780,15 @@ class SwapDecoder(Pass):
                      init_record["tensors"])
         lpips = LPIPS(cfg.lpips_net)
 
-        # ---- evaluation clips (never trained on): the pretrained start is scored on them before training
-        frames = cfg.eval_frames or spec.frames
-        eh, ew = (cfg.eval_size, cfg.eval_size) if cfg.eval_size else (height, width)
-        real_eval = read_windows(eval_clips, frames, eh, ew, cfg.eval_windows) if eval_clips else []
-        toy_eval = [_to_float(_toy_video("eval", i, frames, eh, ew, ctx.seed)) for i in range(cfg.eval_toy_videos)]
-        if not real_eval and not toy_eval:
+        if not eval_clips and not cfg.eval_toy_videos:  # checked before training, loaded only when needed
             raise CheckFailed("swap-decoder: nothing to evaluate on (no eval clips and eval_toy_videos is 0)")
         metric = lpips if cfg.lpips_net == "alex" else LPIPS("alex")
-        if init_record is not None:
-            start_scores = reconstruct(encoder, {"init": decoder.eval()}, real_eval or toy_eval, metric)["init"]
+        evaluation = None
+        if init_record is not None:  # the pretrained start, scored on the eval clips (never trained on)
+            evaluation = eval_videos(cfg, spec, eval_clips, ctx.seed)
+            start_scores = reconstruct(encoder, {"init": decoder.eval()}, evaluation[0] or evaluation[1],
+                                       metric)["init"]
             init_record.update(psnr_db=_mean(start_scores["psnr_db"]), lpips=_mean(start_scores["lpips"]))
-            decoder.train()
 
         # ---- generated latents: what the denoiser will hand this decoder, with the native decoder's frames
         generated = generated_eval = None
@@ -813,6 +821,8 @@ class SwapDecoder(Pass):
         lpips.to(home)
 
         # ---- evaluate on clips never trained on: native vs new, through the frozen encoder
+        real_eval, toy_eval = evaluation if evaluation is not None else eval_videos(cfg, spec, eval_clips, ctx.seed)
+        frames, eh, ew = eval_shape(cfg, spec)
         norm = pipeline_latent_norm(pipeline)
         decoders = {"native": native, "new": decoder}
         primary = reconstruct(encoder, decoders, real_eval or toy_eval, metric)
