@@ -26,7 +26,7 @@ if not target.is_file():
     t = {k: v.float() for k, v in t.items() if k.startswith(("vae_encoder.", "vae_decoder."))}
     save_file(t, str(target))
     for stage in ("vae", "vae2"):
-        (out / f".{stage}.done.json").write_text(json.dumps({"stage": stage, "from": "package VAE"}))
+        (out / f".{stage}.done.json").write_text(json.dumps({"stage": stage, "wall_seconds": 0.0, "from": "package VAE"}))
 print(f"[gpu_denoiser] VAE: {target}", flush=True)
 PY
 python -m neoc.zoo.build_tiny --out "$out" --stages encode --procs "${ENC_PROCS:-14}" "$@" || exit 1

@@ -739,8 +739,9 @@ def stage_write(out: Path, cfg: dict, weights_dir: Path | None = None,
     for stage in STAGES:
         marker = _done_marker(out, stage)
         if marker.is_file():
-            stages[stage] = json.loads(marker.read_text())["wall_seconds"]
-    vae = json.loads((out / "vae" / "summary.json").read_text())
+            stages[stage] = json.loads(marker.read_text()).get("wall_seconds")
+    vae_path = out / "vae" / "summary.json"  # absent when the VAE came from the package (bench/gpu_denoiser.sh)
+    vae = json.loads(vae_path.read_text()) if vae_path.is_file() else None
     den = json.loads((out / "denoiser" / "summary.json").read_text())
     vae2_path = out / "vae2" / "summary.json"
     vae2 = None
@@ -757,8 +758,9 @@ def stage_write(out: Path, cfg: dict, weights_dir: Path | None = None,
         "command": command,
         "settings": cfg,
         "stage_wall_seconds": stages,
-        "vae": {"steps": vae["steps"], "final_loss": vae["final_loss"], "wall_seconds": vae["wall_seconds"],
-                "processes": vae["world_size"], "refinement": vae2, "decoder_refinement": dec, **psnr_summary},
+        "vae": ({"steps": vae["steps"], "final_loss": vae["final_loss"], "wall_seconds": vae["wall_seconds"],
+                 "processes": vae["world_size"], "refinement": vae2, "decoder_refinement": dec, **psnr_summary}
+                if vae else {"source": "the package's VAE weights", **psnr_summary}),
         "latents": {"videos": measure["videos"], "first_frames": measure["images"]},
         "denoiser": {"steps": den["steps"], "final_loss": den["final_loss"], "wall_seconds": den["wall_seconds"],
                      "processes": den["world_size"], "ema_decay": den["ema_decay"],
