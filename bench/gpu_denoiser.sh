@@ -12,6 +12,9 @@
 # 4. the last checkpoint's EMA weights (fp16, what `build_tiny --stages write` ships) + summaries into $OUT
 #    (the device tool's return folder) when OUT_DIR_RETURN is set.
 # The --set items go to every stage; record them with the write stage that ships the result.
+# The 2026-11-22 run was host-bound (2.6 steps/s at batch 256 on an H100: caption sampling + tokenising in the
+# step); --set den_prefetch=4 builds the next batches in a background thread (same batches, same weights;
+# not yet timed on a GPU).
 set -uo pipefail
 out=$1; wall=$2; shift 2
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1

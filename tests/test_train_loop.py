@@ -87,6 +87,24 @@ def test_resume_after_crash_gives_bit_identical_weights(tmp_path):
             assert torch.equal(a_state[index][key], b_state[index][key])
 
 
+def test_prefetched_batches_give_the_same_weights_and_crash_at_the_same_step(tmp_path):
+    plain = train(None, steps=9)
+    ahead = train(None, steps=9, prefetch=3)
+    assert ahead.result.losses == plain.result.losses
+    for (name, a), (_, b) in zip(plain.module.state_dict().items(), ahead.module.state_dict().items()):
+        assert torch.equal(a, b), name
+    # a batch_fn error surfaces at the step that needed the batch, after the checkpoints before it
+    with pytest.raises(Crash, match="step 7"):
+        train(tmp_path, steps=9, crash_at=7, prefetch=2)
+    assert ckpt.checkpoint_step(ckpt.latest_checkpoint(tmp_path)) == 6
+    resumed = train(tmp_path, steps=9, prefetch=2)  # the prefetcher starts at the resumed step
+    assert resumed.result.resumed_from == 6
+    for (name, a), (_, b) in zip(plain.module.state_dict().items(), resumed.module.state_dict().items()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="prefetch"):
+        TrainConfig(steps=1, prefetch=-1)
+
+
 def test_checkpoint_files_are_safetensors_and_json(tmp_path):
     trainer = train(tmp_path, steps=7, keep_checkpoints=2)
     kept = ckpt.list_checkpoints(tmp_path)

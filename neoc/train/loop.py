@@ -22,6 +22,9 @@ Contract:
 * ``checkpoint_every`` steps (and at the end) a checkpoint is written (see :mod:`neoc.train.checkpoint`);
   ``resume=True`` continues from the newest one in ``out_dir``.
 * Logs: TensorBoard scalars in ``out_dir/tb`` and a tqdm bar (quiet when stderr is not a TTY or ``CI`` is set).
+* ``prefetch=N``: a background thread builds the next ``N`` micro-batches while the device trains (for a host-bound
+  ``batch_fn``, e.g. caption sampling + tokenising on a GPU machine). Each is built from its own step generator, so
+  the batches, losses and weights are the same as without it; ``batch_fn`` must then not read the model.
 """
 
 from __future__ import annotations
@@ -88,6 +91,7 @@ class TrainConfig:
     tensorboard: bool = True
     name: str = "train"
     device: str | None = None          # None: cuda:LOCAL_RANK if available, else cpu
+    prefetch: int = 0                  # micro-batches built ahead in a background thread (0: built in the step)
 
     def __post_init__(self):
         if self.steps < 0 or self.grad_accum < 1:
@@ -96,6 +100,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.autocast: {self.autocast!r} (expected auto, bf16 or off)")
         if self.strategy not in ("ddp", "fsdp", "none"):
             raise ValueError(f"TrainConfig.strategy: {self.strategy!r} (expected ddp, fsdp or none)")
+        if self.prefetch < 0:
+            raise ValueError(f"TrainConfig.prefetch must be >= 0 (got {self.prefetch})")
 
 
 @dataclass
@@ -133,6 +139,53 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(move_to_device(v, device) for v in batch)
     return batch
+
+
+class BatchPrefetcher:
+    """Builds the micro-batches of steps ``start .. steps-1`` in order in a daemon thread, ``depth`` ahead, each from
+    the :class:`StepContext` the trainer would make for it; ``__call__(ctx)`` hands over the one for ``ctx``.
+    An exception in ``batch_fn`` is raised in the training thread at the step that needed the batch."""
+
+    def __init__(self, batch_fn: Callable[[StepContext], Any], make_ctx: Callable[[int, int], StepContext],
+                 start: int, steps: int, grad_accum: int, depth: int):
+        import queue
+        import threading
+
+        self._queue: "queue.Queue" = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, name="batch-prefetch", daemon=True,
+                                        args=(batch_fn, make_ctx, start, steps, grad_accum))
+        self._thread.start()
+
+    def _work(self, batch_fn, make_ctx, start, steps, grad_accum) -> None:
+        import queue
+
+        for step in range(start, steps):
+            for micro in range(grad_accum):
+                try:
+                    item = (step, micro, batch_fn(make_ctx(step, micro)), None)
+                except BaseException as err:  # handed to the training thread
+                    item = (step, micro, None, err)
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set() or item[3] is not None:
+                    return
+
+    def __call__(self, ctx: StepContext) -> Any:
+        step, micro, batch, err = self._queue.get()
+        if err is not None:
+            raise err
+        if (step, micro) != (ctx.step, ctx.micro):
+            raise RuntimeError(f"prefetched batch for step {step}.{micro}, the trainer asked for {ctx.step}.{ctx.micro}")
+        return batch
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
@@ -262,6 +315,10 @@ class Trainer:
                 if name in self.ema:
                     self.ema[name].lerp_(value.detach().float(), 1.0 - decay)
 
+    def _context(self, step: int, micro: int) -> StepContext:
+        gen = torch.Generator().manual_seed(step_seed(self.config.seed, step, micro, self.info.rank))
+        return StepContext(step, micro, self.info.rank, self.info.world_size, self.info.device, gen)
+
     def train_step(self, batch_fn: Callable[[StepContext], Any]) -> tuple[float, dict[str, float], float]:
         """One optimizer step over ``grad_accum`` micro-batches -> (loss, metrics, grad norm)."""
         cfg = self.config
@@ -271,9 +328,7 @@ class Trainer:
         self.model.train()
         total_loss, metric_sums = 0.0, {}
         for micro in range(cfg.grad_accum):
-            gen = torch.Generator().manual_seed(step_seed(cfg.seed, self.step, micro, self.info.rank))
-            ctx = StepContext(self.step, micro, self.info.rank, self.info.world_size, self.info.device, gen)
-            batch = move_to_device(batch_fn(ctx), self.info.device)
+            batch = move_to_device(batch_fn(self._context(self.step, micro)), self.info.device)
             last = micro == cfg.grad_accum - 1
             sync = nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
             with sync:
@@ -321,6 +376,10 @@ class Trainer:
             bar = tqdm(total=cfg.steps, initial=self.step, desc=cfg.name, dynamic_ncols=True, file=sys.stderr)
         window_loss, window_metrics, window_n, window_start = 0.0, {}, 0, time.time()
         last_path = None
+        prefetcher = None
+        if cfg.prefetch > 0 and self.step < cfg.steps:
+            prefetcher = BatchPrefetcher(batch_fn, self._context, self.step, cfg.steps, cfg.grad_accum, cfg.prefetch)
+            batch_fn = prefetcher
         try:
             while self.step < cfg.steps:
                 loss, metrics, grad_norm = self.train_step(batch_fn)
@@ -353,6 +412,8 @@ class Trainer:
                     latest = self.save()
                 last_path = latest
         finally:
+            if prefetcher is not None:
+                prefetcher.close()
             if bar is not None:
                 bar.close()
             if writer is not None:

@@ -72,7 +72,7 @@ FULL = {
     "dec_steps": 250, "dec_lr": 3e-4, "dec_ema": 0.98, "dec_temporal_weight": 10.0, "dec_image_prob": 0.0,
     "dec_frames": 49, "dec_batch": 2,
     "den_steps": 2400, "den_batch": 16, "den_lr": 5e-4, "den_warmup": 40, "den_ema": 0.99, "den_first_frame_prob": 0.35,
-    "den_checkpoint_every": 25,
+    "den_checkpoint_every": 25, "den_prefetch": 0,
     "cfg_grid": [[2.0, 1.5], [3.0, 2.0], [5.0, 3.0], [7.0, 5.0]], "cfg_prompts": 8,
     "taehv_steps": 3000, "taehv_lr": 1e-3, "taehv_batch": 2, "taehv_pool": 512, "taehv_warmup": 100,
 }
@@ -480,7 +480,7 @@ def stage_denoiser(out: Path, cfg: dict) -> dict:
     optimizer = torch.optim.AdamW(objective.parameters(), lr=cfg["den_lr"], weight_decay=0.01)
     trainer = Trainer(objective, optimizer, warmup_constant(cfg["den_warmup"]),
                       TrainConfig(steps=cfg["den_steps"], out_dir=out / "denoiser", seed=SEED,
-                                  checkpoint_every=cfg["den_checkpoint_every"],
+                                  checkpoint_every=cfg["den_checkpoint_every"], prefetch=cfg["den_prefetch"],
                                   log_every=10, grad_clip=1.0, ema_decay=cfg["den_ema"], name="denoiser"))
     result = trainer.fit(FlowBatches(out, cfg, pipe.prompt_encoder))
     if trainer.info.is_main:
