@@ -12,9 +12,9 @@
 # 4. the last checkpoint's EMA weights (fp16, what `build_tiny --stages write` ships) + summaries into $OUT
 #    (the device tool's return folder) when OUT_DIR_RETURN is set.
 # The --set items go to every stage; record them with the write stage that ships the result.
-# The 2026-11-22 run was host-bound (2.6 steps/s at batch 256 on an H100: caption sampling + tokenising in the
-# step); --set den_prefetch=4 builds the next batches in a background thread (same batches, same weights;
-# not yet timed on a GPU).
+# The 2026-11-22 run made 2.6 steps/s at batch 256 on an H100 (not profiled there; building one batch of 256 --
+# caption sampling + tokenising -- takes ~65 ms on the 2-core dev CPU); --set den_prefetch=4 builds the next
+# batches in a background thread (same batches, same weights; not yet timed on a GPU).
 set -uo pipefail
 out=$1; wall=$2; shift 2
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -22,14 +22,14 @@ python - "$out" <<'PY' || exit 1
 import json, sys
 from pathlib import Path
 from safetensors.torch import load_file, save_file
+from neoc.zoo.builtin import TINY_VAE_WEIGHTS, VAE_ROLES
 out = Path(sys.argv[1]); (out / "vae2").mkdir(parents=True, exist_ok=True)
 target = out / "vae2" / "vae.safetensors"
 if not target.is_file():
-    t = load_file("neoc/zoo/weights/pyramid-tiny-vae.safetensors")
-    t = {k: v.float() for k, v in t.items() if k.startswith(("vae_encoder.", "vae_decoder."))}
+    t = {k: v.float() for k, v in load_file(str(TINY_VAE_WEIGHTS)).items() if k.split(".")[0] in VAE_ROLES}
     save_file(t, str(target))
-    for stage in ("vae", "vae2"):
-        (out / f".{stage}.done.json").write_text(json.dumps({"stage": stage, "wall_seconds": 0.0, "from": "package VAE"}))
+    for stage in ("vae", "vae2"):  # not run here: no wall time recorded
+        (out / f".{stage}.done.json").write_text(json.dumps({"stage": stage, "from": str(TINY_VAE_WEIGHTS)}))
 print(f"[gpu_denoiser] VAE: {target}", flush=True)
 PY
 python -m neoc.zoo.build_tiny --out "$out" --stages encode --procs "${ENC_PROCS:-14}" "$@" || exit 1
@@ -40,9 +40,9 @@ python - "$out" "$OUT_DIR_RETURN" <<'PY'
 import json, shutil, sys
 from pathlib import Path
 from safetensors.torch import load_file, save_file
+from neoc.train.checkpoint import latest_checkpoint
 out, ret = Path(sys.argv[1]), Path(sys.argv[2])
-ckpts = sorted((out / "denoiser" / "checkpoints").glob("step-*[0-9]"))
-last = ckpts[-1]
+last = latest_checkpoint(out / "denoiser")
 ema = {k: v.half().contiguous() for k, v in load_file(str(last / "ema.safetensors")).items()}
 save_file(ema, str(ret / f"ema-fp16-{last.name}.safetensors"))
 trainer = json.loads((last / "trainer.json").read_text())

@@ -32,7 +32,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import queue
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -148,18 +150,13 @@ class BatchPrefetcher:
 
     def __init__(self, batch_fn: Callable[[StepContext], Any], make_ctx: Callable[[int, int], StepContext],
                  start: int, steps: int, grad_accum: int, depth: int):
-        import queue
-        import threading
-
-        self._queue: "queue.Queue" = queue.Queue(maxsize=depth)
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._work, name="batch-prefetch", daemon=True,
                                         args=(batch_fn, make_ctx, start, steps, grad_accum))
         self._thread.start()
 
     def _work(self, batch_fn, make_ctx, start, steps, grad_accum) -> None:
-        import queue
-
         for step in range(start, steps):
             for micro in range(grad_accum):
                 try:

@@ -487,9 +487,11 @@ def stage_denoiser(out: Path, cfg: dict) -> dict:
         ema = trainer.ema_state_dict()
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in ema.items()}
         save_file(tensors, str(out / "denoiser" / "denoiser.safetensors"))
+        device = trainer.info.device
         summary = {"steps": result.steps, "final_loss": result.final_loss, "losses": result.losses,
                    "wall_seconds": result.wall_seconds_total, "world_size": trainer.info.world_size,
-                   "ema_decay": cfg["den_ema"]}
+                   "ema_decay": cfg["den_ema"],
+                   "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)}
         (out / "denoiser" / "summary.json").write_text(json.dumps(summary, indent=1))
     return {}
 
@@ -765,7 +767,7 @@ def stage_write(out: Path, cfg: dict, weights_dir: Path | None = None,
         "denoiser": {"steps": den["steps"], "final_loss": den["final_loss"], "wall_seconds": den["wall_seconds"],
                      "processes": den["world_size"], "ema_decay": den["ema_decay"],
                      "batch_per_process": cfg["den_batch"], "losses": den["losses"][-5:],
-                     **{k: den[k] for k in ("device", "command") if k in den}},
+                     "device": den.get("device")},
         "cfg_sweep": {k: cfg_result.get(k) for k in ("grid", "scores", "rule", "note", "seconds_per_video")
                       if k in cfg_result},
     }
