@@ -112,7 +112,7 @@ def train_student(pipe, name: str, method: str, schedule: str, args, out: Path):
     if path.is_file():
         return load_student(pipe, path), json.loads((out / "students" / f"{name}.json").read_text())
     settings = DistillSettings(method=method, schedule=schedule, steps=args.steps, batch_size=args.batch_size,
-                               lr=args.lr, fake_lr=args.fake_lr or args.lr, data=args.data,
+                               lr=args.lr, fake_lr=args.lr if args.fake_lr is None else args.fake_lr, data=args.data,
                                data_videos=args.data_videos, teacher_loss_weight=args.teacher_loss_weight,
                                ema_decay=args.ema,
                                teacher_steps=args.teacher_steps, guard_every=args.guard_every, seed=args.seed,
@@ -285,6 +285,8 @@ def markdown(results: dict) -> str:
 
 
 def main(argv=None) -> int:
+    from neoc.distill.train import DATA_SOURCES, DistillSettings
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="builtin:pyramid-tiny")
     parser.add_argument("--from-build", default=None, help="teacher from a build_tiny folder (before weights ship)")
@@ -294,10 +296,11 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--fake-lr", type=float, default=None, help="DMD fake score lr (default: --lr)")
-    parser.add_argument("--data", default="auto", choices=["auto", "toyworld", "teacher"],
+    parser.add_argument("--data", default=DistillSettings.data, choices=DATA_SOURCES,
                         help="distillation latents: toy-world renders or the teacher's own samples")
-    parser.add_argument("--teacher-loss-weight", type=float, default=0.5, help="DMD Cauchy teacher-loss weight")
-    parser.add_argument("--ema", type=float, default=None, help="student EMA decay (default: none)")
+    parser.add_argument("--teacher-loss-weight", type=float, default=DistillSettings.teacher_loss_weight,
+                        help="DMD Cauchy teacher-loss weight")
+    parser.add_argument("--ema", type=float, default=DistillSettings.ema_decay, help="student EMA decay (default: none)")
     parser.add_argument("--data-videos", type=int, default=64)
     parser.add_argument("--teacher-steps", type=int, default=16)
     parser.add_argument("--guard-every", type=int, default=100)
@@ -309,7 +312,7 @@ def main(argv=None) -> int:
     parser.add_argument("--mp4", nargs="*", default=[], help="prompts to render end to end (first frame + SR)")
     parser.add_argument("--force", action="store_true", help="recompute cached rows")
     args = parser.parse_args(argv)
-    if args.from_build and args.data != "auto":
+    if args.from_build and args.data != DistillSettings.data:
         parser.error("--data: with --from-build the students train on the build's own latents")
     torch.set_num_threads(args.threads)
     rows = ALL_ROWS if args.rows == "all" else [r.strip() for r in args.rows.split(",") if r.strip()]

@@ -26,6 +26,7 @@ from neoc.ir.schedule import Schedule
 
 METHODS = ("dmd", "progressive", "adversarial")
 SCHEDULES = ("1-1-1", "4-4-4")
+DATA_SOURCES = ("auto", "toyworld", "teacher")
 
 
 def parse_steps(name: str, num_stages: int = 3) -> tuple[int, ...]:
@@ -85,8 +86,8 @@ class DistillSettings:
     def __post_init__(self):
         if self.method not in METHODS:
             raise InputError(f"method {self.method!r}: expected one of {', '.join(METHODS)}")
-        if self.data not in ("auto", "toyworld", "teacher"):
-            raise InputError(f"data {self.data!r}: expected auto, toyworld or teacher")
+        if self.data not in DATA_SOURCES:
+            raise InputError(f"data {self.data!r}: expected one of {', '.join(DATA_SOURCES)}")
 
 
 @dataclass
