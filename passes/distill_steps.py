@@ -8,7 +8,8 @@ frame, CFG distilled in — by
   ``sigma / (sigma_start - sigma_end)``, a fake score trained with pyramidal flow matching on student samples
   (``tau ~ U(0, 1)``), the DMD gradient at four fixed ``tau`` levels weighted per sample by
   ``1 / ||teacher - conditional flow||_1``, the Cauchy teacher loss (weight ``teacher_loss_weight`` = 0.5), one
-  student update per ``fake_updates_per_student`` (2) fake-score updates;
+  student update per ``fake_updates_per_student`` (2) fake-score updates; ``gan_weight`` > 0 adds a DMD2-style
+  GAN term whose head on the fake score tells the training latents from student samples (off by default);
 * ``method: progressive`` — Pyramidal progressive distillation (:mod:`neoc.distill.progressive`): each student step
   regresses ``teacher_steps``-per-stage CFG teacher Euler steps;
 * ``method: adversarial`` — progressive x10 plus a hinge GAN whose discriminator is a 4-layer MLP on frozen-teacher
@@ -65,6 +66,9 @@ class DistillStepsConfig:
         "fake-score updates per student update (dmd; paper 2)"))
     teacher_loss_weight: float = attrs.field(default=0.5, validator=in_range(0.0), metadata=_help(
         "weight of the Cauchy teacher loss (dmd; paper 0.5)"))
+    gan_weight: float = attrs.field(default=0.0, validator=in_range(0.0), metadata=_help(
+        "dmd: weight of a DMD2-style GAN term (head on the fake score, data latents as real; 0: off, the paper's "
+        "objective)"))
     teacher_steps: int = attrs.field(default=16, validator=in_range(1), metadata=_help(
         "teacher Euler steps per stage (progressive, adversarial; paper 16)"))
     data: Literal["auto", "toyworld", "teacher"] = attrs.field(default="auto", metadata=_help(
@@ -131,7 +135,7 @@ class DistillSteps(Pass):
             lr=cfg.lr if cfg.lr is not None else defaults["lr"],
             fake_lr=cfg.fake_lr if cfg.fake_lr is not None else defaults["fake_lr"],
             fake_updates_per_student=cfg.fake_updates_per_student, teacher_loss_weight=cfg.teacher_loss_weight,
-            teacher_steps=cfg.teacher_steps, data=cfg.data, data_videos=cfg.data_videos,
+            gan_weight=cfg.gan_weight, teacher_steps=cfg.teacher_steps, data=cfg.data, data_videos=cfg.data_videos,
             first_frame_prob=cfg.first_frame_prob, ema_decay=cfg.ema_decay, guard_every=cfg.guard_every,
             guard_videos=cfg.guard_videos, min_variance_ratio=cfg.min_variance_ratio,
             max_histogram_l1=cfg.max_histogram_l1, checkpoint_every=cfg.checkpoint_every, seed=ctx.seed,

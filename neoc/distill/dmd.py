@@ -16,6 +16,13 @@ Per stage ``i`` of the latent frame being trained:
   which cancels against the same factor in the normaliser, as in DMD2's x0-space form);
 * **teacher (Cauchy) loss** ``log(1 + ||z_hat - Down(z, 2^i)||^2)`` (mean squared error over the sample's elements
   inside the log) with weight 0.5 on the ground-truth latent.
+* optional **GAN term** (``gan_weight`` > 0; off by default, DMD2's addition, not the paper's): a 4-layer MLP head on
+  the fake score's last-block tokens (mean-pooled) tells renoised *data* latents ``Down(z, 2^i)`` from renoised
+  student samples at the fake model's ``tau`` (non-saturating logistic loss; head and fake trunk learn it, the
+  latter scaled by ``gan_weight``); the student gets ``gan_weight * softplus(-D(z_tau))`` at the DMD ``tau``. The
+  generator gradient is taken with respect to the renoised sample only (``torch.autograd.grad``), so it never
+  reaches the fake score or the head. Because the head sees real clips of the prompt, the student can move towards
+  the data where the teacher misses it (DMD2 §4.3).
 
 Two-time-scale updates: every optimiser step trains the fake score; every ``fake_updates_per_student``-th step
 also trains the student (``StageBatch.student_step``), i.e. one student update per two fake updates by default.
@@ -30,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from neoc.distill.adversarial import TeacherFeatures, mlp_discriminator
 from neoc.distill.collapse_guard import CollapseError
 from neoc.distill.data import StageBatch
 from neoc.distill.pyramid import (clean_from_flow, interpolate, predict, predict_cfg, renoise, timestep_for)
@@ -63,11 +71,13 @@ class PyramidalDMD(nn.Module):
     """Objective for :class:`neoc.train.loop.Trainer`: ``forward(StageBatch) -> (loss, metrics)``.
 
     ``guidance = (first_frame_scale, video_scale)``: the teacher's CFG (the base model's sampling settings).
-    The teacher is held outside the module's parameters (frozen, not checkpointed).
+    The teacher is held outside the module's parameters (frozen, not checkpointed). ``gan_weight`` > 0 adds the
+    GAN term (module docstring) and a ``discriminator`` head trained with the fake score.
     """
 
     def __init__(self, student: nn.Module, fake: nn.Module, teacher: nn.Module, guidance: tuple[float, float],
-                 num_stages: int = 3, gamma: float = 1.0 / 3.0, teacher_loss_weight: float = 0.5):
+                 num_stages: int = 3, gamma: float = 1.0 / 3.0, teacher_loss_weight: float = 0.5,
+                 gan_weight: float = 0.0):
         super().__init__()
         self.student = student
         self.fake = fake
@@ -75,6 +85,26 @@ class PyramidalDMD(nn.Module):
         self.guidance = tuple(float(g) for g in guidance)
         self.specs = sched.stage_specs(num_stages, gamma)
         self.teacher_loss_weight = float(teacher_loss_weight)
+        self.gan_weight = float(gan_weight)
+        if self.gan_weight > 0:
+            features = TeacherFeatures(fake)  # pooled last-block tokens of the (trained) fake score
+            self._features = (features,)
+            self.discriminator = mlp_discriminator(features.dim)
+
+    def _fake_with_features(self, clips, x, t, text) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fake-score flow and its pooled features (one call)."""
+        features = self._features[0]
+        pooled = features(clips, x, t, text)
+        return features.last_output, pooled
+
+    def _generator_grad(self, clips, z_tau: torch.Tensor, t, text) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(fake flow, d softplus(-D(z_tau)).sum() / d z_tau, generator loss) with no gradient to fake or head."""
+        leaf = z_tau.detach().requires_grad_(True)
+        with torch.enable_grad():
+            v_fake, pooled = self._fake_with_features(clips, leaf, t, text)
+            loss = F.softplus(-self.discriminator(pooled).squeeze(-1)).mean()
+            (grad,) = torch.autograd.grad(loss, leaf)
+        return v_fake.detach(), torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0), loss.detach()
 
     @property
     def teacher(self) -> nn.Module:
@@ -95,6 +125,8 @@ class PyramidalDMD(nn.Module):
         scale = self.guidance[0] if batch.unit == 0 else self.guidance[1]
         zero = torch.zeros((), device=batch.start[0].device)
         fake_losses, dmd_losses, teacher_losses, weights = [], [], [], []
+        disc_losses, gen_losses, gen_terms = [], [], []
+        gan = self.gan_weight > 0
         for stage, spec in enumerate(self.specs):
             clips = batch.clips[stage]
             with torch.set_grad_enabled(batch.student_step and torch.is_grad_enabled()):
@@ -104,7 +136,16 @@ class PyramidalDMD(nn.Module):
             # fake score: pyramidal flow matching on the (detached) student distribution, tau ~ U(0, 1)
             y_start, y_end = renoise(z_hat.detach(), batch.noise_fake[stage], spec)
             tau = batch.tau_fake[stage]
-            v_fake = predict(self.fake, clips, interpolate(y_start, y_end, tau), timestep_for(tau, spec), batch.text)
+            t_fake = timestep_for(tau, spec)
+            if gan:
+                v_fake, pooled_fake = self._fake_with_features(clips, interpolate(y_start, y_end, tau), t_fake,
+                                                               batch.text)
+                r_start, r_end = renoise(batch.clean[stage], batch.noise_fake[stage], spec)
+                _, pooled_real = self._fake_with_features(clips, interpolate(r_start, r_end, tau), t_fake, batch.text)
+                disc_losses.append(F.softplus(-self.discriminator(pooled_real)).mean()
+                                   + F.softplus(self.discriminator(pooled_fake)).mean())
+            else:
+                v_fake = predict(self.fake, clips, interpolate(y_start, y_end, tau), t_fake, batch.text)
             fake_losses.append(F.mse_loss(v_fake, y_start - y_end))
             if not batch.student_step:
                 continue
@@ -115,7 +156,15 @@ class PyramidalDMD(nn.Module):
             t_tau = timestep_for(tau, spec)
             with torch.no_grad():
                 v_teacher = predict_cfg(self.teacher, clips, z_tau, t_tau, batch.text, batch.uncond, scale)
-                v_fake_now = predict(self.fake, clips, z_tau, t_tau, batch.text)
+                if not gan:
+                    v_fake_now = predict(self.fake, clips, z_tau, t_tau, batch.text)
+            if gan:  # the same fake call gives the DMD term's fake flow and the generator's gradient
+                v_fake_now, gen_grad, gen_loss = self._generator_grad(clips, z_tau, t_tau, batch.text)
+                # z_tau is linear in z_hat: rebuilding it with gradient and pairing it with the detached
+                # d loss / d z_tau gives the student exactly the chain-rule gradient
+                g_start, g_end = renoise(z_hat, batch.noise_dmd[stage], spec)
+                gen_terms.append((interpolate(g_start, g_end, tau) * gen_grad).sum())
+                gen_losses.append(gen_loss)
             grad, weight = dmd_gradient(v_teacher, v_fake_now, y_start - y_end)
             dmd_losses.append(dmd_loss(z_hat, grad))
             teacher_losses.append(cauchy_loss(z_hat, batch.clean[stage]))
@@ -123,10 +172,17 @@ class PyramidalDMD(nn.Module):
         loss_fake = torch.stack(fake_losses).mean()
         metrics = {"loss_fake": loss_fake.detach()}
         loss = loss_fake
+        if gan:
+            loss_disc = torch.stack(disc_losses).mean()
+            loss = loss + self.gan_weight * loss_disc
+            metrics["loss_disc"] = loss_disc.detach()
+            metrics["loss_gan"] = torch.stack(gen_losses).mean() if batch.student_step else zero
         if batch.student_step:
             loss_dmd = torch.stack(dmd_losses).mean()
             loss_teacher = torch.stack(teacher_losses).mean()
             loss = loss + loss_dmd + self.teacher_loss_weight * loss_teacher
+            if gan:
+                loss = loss + self.gan_weight * torch.stack(gen_terms).mean()
             metrics.update(loss_dmd=loss_dmd.detach(), loss_teacher=loss_teacher.detach(),
                            dmd_weight=torch.stack(weights).mean())
         else:

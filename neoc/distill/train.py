@@ -68,6 +68,7 @@ class DistillSettings:
     fake_lr: float = 1e-4
     fake_updates_per_student: int = 2
     teacher_loss_weight: float = 0.5
+    gan_weight: float = 0.0               # dmd: DMD2-style GAN on data latents (0: off, the paper's objective)
     teacher_steps: int = 16               # progressive: teacher Euler steps per stage
     data: str = "auto"                    # auto | toyworld | teacher
     data_videos: int = 64
@@ -88,6 +89,11 @@ class DistillSettings:
             raise InputError(f"method {self.method!r}: expected one of {', '.join(METHODS)}")
         if self.data not in DATA_SOURCES:
             raise InputError(f"data {self.data!r}: expected one of {', '.join(DATA_SOURCES)}")
+        if self.gan_weight < 0:
+            raise InputError(f"gan_weight {self.gan_weight}: expected >= 0")
+        if self.gan_weight > 0 and self.method != "dmd":
+            raise InputError(f"gan_weight applies to method 'dmd' (the 'adversarial' method has its own GAN), "
+                             f"not {self.method!r}")
 
 
 @dataclass
@@ -163,7 +169,7 @@ def distill(pipe, settings: DistillSettings, out_dir: str | Path | None, resume:
         for p in fake.parameters():
             p.requires_grad_(True)
         objective = PyramidalDMD(student, fake, teacher, guidance, schedule.num_stages, schedule.gamma,
-                                 settings.teacher_loss_weight)
+                                 settings.teacher_loss_weight, settings.gan_weight)
         ratio = settings.fake_updates_per_student
     elif settings.method == "adversarial":
         objective = PyramidalAdversarial(student, teacher, guidance, schedule.num_stages, schedule.gamma,

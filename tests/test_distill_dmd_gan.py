@@ -1,0 +1,88 @@
+"""distill-steps ``gan_weight``: the DMD2-style GAN term of Pyramidal DMD (toy configs)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import neoc.passes  # noqa: F401
+from neoc.deploy.testing import apply_pass
+from neoc.distill import data as dd
+from neoc.distill.dmd import PyramidalDMD
+from neoc.distill.pyramid import freeze, interpolate, renoise, timestep_for
+from neoc.distill.train import DistillSettings, student_schedule, teacher_guidance
+from neoc.errors import InputError
+from neoc.testing import toy_pipeline
+
+FAST = dict(steps=4, data_videos=2, batch_size=2, guard_every=2, guard_videos=1, quality_videos=0)
+
+
+def _objective(gan_weight: float = 1.0):
+    torch.manual_seed(0)
+    pipe = toy_pipeline(frames=9)
+    schedule = student_schedule(pipe.schedule, "1-1-1")
+    denoiser = pipe.component("denoiser")
+    student, fake = copy.deepcopy(denoiser).train(), copy.deepcopy(denoiser).train()
+    for p in [*student.parameters(), *fake.parameters()]:
+        p.requires_grad_(True)
+    objective = PyramidalDMD(student, fake, freeze(copy.deepcopy(denoiser)), teacher_guidance(pipe.schedule),
+                             schedule.num_stages, schedule.gamma, gan_weight=gan_weight)
+    data = dd.teacher_data(pipe, 2, 0)
+    batch = dd.make_batch(data, torch.Generator().manual_seed(3), 2, schedule.video_steps, True,
+                          schedule.num_stages, schedule.gamma, first_frame_prob=0.0)
+    return objective, batch
+
+
+def test_generator_gradient_is_the_chain_rule_and_spares_fake_and_head():
+    objective, batch = _objective()
+    stage = 1
+    spec = objective.specs[stage]
+    clips, noise, tau = batch.clips[stage], batch.noise_dmd[stage], batch.tau_dmd[stage]
+    z_hat = batch.clean[stage].clone().requires_grad_(True)  # stands in for a student sample
+    t = timestep_for(tau, spec)
+
+    # what the objective does: d loss / d z_tau with the fake and the head held out, then the linear path back
+    z_tau = interpolate(*renoise(z_hat.detach(), noise, spec), tau)
+    _, grad_tau, _ = objective._generator_grad(clips, z_tau, t, batch.text)
+    assert all(p.grad is None for p in [*objective.fake.parameters(), *objective.discriminator.parameters()])
+    term = (interpolate(*renoise(z_hat, noise, spec), tau) * grad_tau).sum()
+    (via_objective,) = torch.autograd.grad(term, z_hat)
+
+    # the same loss differentiated end to end
+    _, pooled = objective._fake_with_features(clips, interpolate(*renoise(z_hat, noise, spec), tau), t, batch.text)
+    loss = F.softplus(-objective.discriminator(pooled).squeeze(-1)).mean()
+    (direct,) = torch.autograd.grad(loss, z_hat)
+    assert direct.abs().max() > 0
+    assert torch.allclose(via_objective, direct, atol=1e-6, rtol=1e-4)
+
+
+def test_fake_only_steps_train_the_head_and_report_the_gan_losses():
+    objective, batch = _objective()
+    batch.student_step = False
+    before = [p.detach().clone() for p in objective.discriminator.parameters()]
+    loss, metrics = objective(batch)
+    assert {"loss_disc", "loss_gan"} <= set(metrics) and torch.isfinite(metrics["loss_disc"])
+    loss.backward()
+    assert all(p.grad is None for p in objective.student.parameters())  # fake-only: the student is untouched
+    optimizer = torch.optim.SGD(objective.discriminator.parameters(), lr=0.1)
+    optimizer.step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, objective.discriminator.parameters()))
+
+
+def test_gan_weight_changes_the_student_through_the_pass(tmp_path):
+    students = {}
+    for weight in (0.0, 5.0):
+        result = apply_pass(toy_pipeline(frames=9), "distill-steps", tmp_path / str(weight), gan_weight=weight,
+                            **FAST)
+        students[weight] = result.pipeline.component("denoiser").state_dict()
+    assert any(not torch.allclose(students[0.0][k], students[5.0][k]) for k in students[0.0])
+
+
+@pytest.mark.parametrize("settings, message", [({"gan_weight": -1.0}, ">= 0"),
+                                               ({"gan_weight": 0.5, "method": "progressive"}, "method 'dmd'")])
+def test_bad_gan_settings_are_refused(settings, message):
+    with pytest.raises(InputError, match=message):
+        DistillSettings(**settings)
