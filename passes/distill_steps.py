@@ -69,6 +69,8 @@ class DistillStepsConfig:
     gan_weight: float = attrs.field(default=0.0, validator=in_range(0.0), metadata=_help(
         "dmd: weight of a DMD2-style GAN term (head on the fake score, data latents as real; 0: off, the paper's "
         "objective)"))
+    disc_lr: float | None = attrs.field(default=None, validator=in_range(0.0), metadata=_help(
+        "discriminator head learning rate (dmd GAN term, adversarial; unset: fake_lr)"))
     teacher_steps: int = attrs.field(default=16, validator=in_range(1), metadata=_help(
         "teacher Euler steps per stage (progressive, adversarial; paper 16)"))
     data: Literal["auto", "toyworld", "teacher"] = attrs.field(default="auto", metadata=_help(
@@ -135,7 +137,7 @@ class DistillSteps(Pass):
             lr=cfg.lr if cfg.lr is not None else defaults["lr"],
             fake_lr=cfg.fake_lr if cfg.fake_lr is not None else defaults["fake_lr"],
             fake_updates_per_student=cfg.fake_updates_per_student, teacher_loss_weight=cfg.teacher_loss_weight,
-            gan_weight=cfg.gan_weight, teacher_steps=cfg.teacher_steps, data=cfg.data, data_videos=cfg.data_videos,
+            gan_weight=cfg.gan_weight, disc_lr=cfg.disc_lr, teacher_steps=cfg.teacher_steps, data=cfg.data, data_videos=cfg.data_videos,
             first_frame_prob=cfg.first_frame_prob, ema_decay=cfg.ema_decay, guard_every=cfg.guard_every,
             guard_videos=cfg.guard_videos, min_variance_ratio=cfg.min_variance_ratio,
             max_histogram_l1=cfg.max_histogram_l1, checkpoint_every=cfg.checkpoint_every, seed=ctx.seed,

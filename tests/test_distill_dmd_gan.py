@@ -15,6 +15,7 @@ from neoc.distill.dmd import PyramidalDMD
 from neoc.distill.pyramid import freeze, interpolate, renoise, timestep_for
 from neoc.distill.train import DistillSettings, student_schedule, teacher_guidance
 from neoc.errors import InputError
+from neoc.models import scheduler as sched
 from neoc.testing import toy_pipeline
 
 FAST = dict(steps=4, data_videos=2, batch_size=2, guard_every=2, guard_videos=1, quality_videos=0)
@@ -52,8 +53,8 @@ def test_generator_gradient_is_the_chain_rule_and_spares_fake_and_head():
     (via_objective,) = torch.autograd.grad(term, z_hat)
 
     # the same loss differentiated end to end
-    _, pooled = objective._fake_with_features(clips, interpolate(*renoise(z_hat, noise, spec), tau), t, batch.text)
-    loss = F.softplus(-objective.discriminator(pooled).squeeze(-1)).mean()
+    _, logits = objective._fake_with_logits(clips, interpolate(*renoise(z_hat, noise, spec), tau), t, batch.text)
+    loss = F.softplus(-logits).mean()
     (direct,) = torch.autograd.grad(loss, z_hat)
     assert direct.abs().max() > 0
     assert torch.allclose(via_objective, direct, atol=1e-6, rtol=1e-4)
@@ -86,3 +87,28 @@ def test_gan_weight_changes_the_student_through_the_pass(tmp_path):
 def test_bad_gan_settings_are_refused(settings, message):
     with pytest.raises(InputError, match=message):
         DistillSettings(**settings)
+
+
+def test_current_tokens_on_the_reference_mmdit():
+    """On the real MMDiT the head sees the last block's tokens of the current latent only (not the history)."""
+    from neoc.deploy.testing import CFG_SCHEDULE, short_tiny_pipeline
+    from neoc.distill.dmd import CurrentTokens
+    from neoc.distill.pyramid import predict
+
+    pipe = short_tiny_pipeline(frames=9, schedule=CFG_SCHEDULE)
+    denoiser = pipe.component("denoiser").eval()
+    schedule = student_schedule(pipe.schedule, "1-1-1")
+    data = dd.teacher_data(pipe, 1, 0)
+    batch = dd.make_batch(data, torch.Generator().manual_seed(0), 1, schedule.video_steps, True,
+                          schedule.num_stages, schedule.gamma, first_frame_prob=0.0)
+    stage = schedule.num_stages - 1
+    assert batch.clips[stage], "a later latent frame has history clips"
+    x = batch.start[stage]
+    t = timestep_for(batch.r_student[stage], sched.stage_specs(schedule.num_stages, schedule.gamma)[stage])
+    tokens = CurrentTokens(denoiser)
+    with torch.no_grad():
+        out, current = tokens(batch.clips[stage], x, t, batch.text)
+        assert torch.equal(out, predict(denoiser, batch.clips[stage], x, t, batch.text))
+    p = denoiser.patch_size
+    assert tokens.hooked and current.shape == (1, x.shape[2] * (x.shape[3] // p) * (x.shape[4] // p),
+                                                denoiser.inner_dim)

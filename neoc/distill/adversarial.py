@@ -28,7 +28,6 @@ class TeacherFeatures:
     def __init__(self, teacher: nn.Module):
         self.teacher = teacher
         self._captured = None
-        self.last_output = None  # the prediction of the latest call
         blocks = getattr(teacher, "transformer_blocks", None)
         self.dim = int(getattr(teacher, "channels", 16))  # fallback: the prediction pooled per channel
         if blocks is not None and len(blocks) and hasattr(teacher, "inner_dim"):
@@ -41,7 +40,6 @@ class TeacherFeatures:
     def __call__(self, clips, x, t, text) -> torch.Tensor:
         self._captured = None
         out = predict(self.teacher, clips, x, t, text)
-        self.last_output = out
         if self._captured is not None:
             return self._captured.float().mean(dim=1)  # [B, D] mean over image tokens
         return out.flatten(2).mean(dim=2)  # [B, C]

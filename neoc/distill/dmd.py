@@ -17,9 +17,11 @@ Per stage ``i`` of the latent frame being trained:
 * **teacher (Cauchy) loss** ``log(1 + ||z_hat - Down(z, 2^i)||^2)`` (mean squared error over the sample's elements
   inside the log) with weight 0.5 on the ground-truth latent.
 * optional **GAN term** (``gan_weight`` > 0; off by default, DMD2's addition, not the paper's): a 4-layer MLP head on
-  the fake score's last-block tokens (mean-pooled) tells renoised *data* latents ``Down(z, 2^i)`` from renoised
-  student samples at the fake model's ``tau`` (non-saturating logistic loss; head and fake trunk learn it, the
-  latter scaled by ``gan_weight``); the student gets ``gan_weight * softplus(-D(z_tau))`` at the DMD ``tau``. The
+  each of the fake score's last-block image tokens of the current latent (logits averaged over tokens: a patch
+  discriminator whose tokens have attended to text and history) tells renoised *data* latents ``Down(z, 2^i)``
+  from renoised student samples at the fake model's ``tau``, with the same noise (non-saturating logistic loss;
+  head and fake trunk learn it, the trunk scaled by ``gan_weight``; mean-pooled tokens were measured not to
+  separate the two on the shipped tiny model); the student gets ``gan_weight * softplus(-D(z_tau))`` at the DMD ``tau``. The
   generator gradient is taken with respect to the renoised sample only (``torch.autograd.grad``), so it never
   reaches the fake score or the head. Because the head sees real clips of the prompt, the student can move towards
   the data where the teacher misses it (DMD2 §4.3).
@@ -37,11 +39,39 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neoc.distill.adversarial import TeacherFeatures, mlp_discriminator
+from neoc.distill.adversarial import mlp_discriminator
 from neoc.distill.collapse_guard import CollapseError
 from neoc.distill.data import StageBatch
 from neoc.distill.pyramid import (clean_from_flow, interpolate, predict, predict_cfg, renoise, timestep_for)
 from neoc.models import scheduler as sched
+
+
+class CurrentTokens:
+    """Calls a denoiser and returns (prediction, the last block's image tokens of the current latent [B, N, D]).
+
+    For a denoiser without ``transformer_blocks`` the prediction's positions serve as tokens ([B, F*H*W, C])."""
+
+    def __init__(self, denoiser: nn.Module):
+        self.denoiser = denoiser
+        self._captured = None
+        blocks = getattr(denoiser, "transformer_blocks", None)
+        self.patch = int(getattr(denoiser, "patch_size", 1))
+        self.hooked = blocks is not None and len(blocks) > 0 and hasattr(denoiser, "inner_dim")
+        self.dim = int(denoiser.inner_dim) if self.hooked else int(getattr(denoiser, "channels", 16))
+        if self.hooked:
+            blocks[-1].register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output):
+        self._captured = output[1] if isinstance(output, (tuple, list)) else output
+
+    def __call__(self, clips, x, t, text) -> tuple[torch.Tensor, torch.Tensor]:
+        self._captured = None
+        out = predict(self.denoiser, clips, x, t, text)
+        if self.hooked and self._captured is not None:
+            frames, height, width = x.shape[2:]
+            current = frames * (height // self.patch) * (width // self.patch)
+            return out, self._captured[:, -current:].float()
+        return out, out.flatten(2).transpose(1, 2)
 
 
 def dmd_gradient(v_teacher: torch.Tensor, v_fake: torch.Tensor, cond_flow: torch.Tensor,
@@ -87,22 +117,21 @@ class PyramidalDMD(nn.Module):
         self.teacher_loss_weight = float(teacher_loss_weight)
         self.gan_weight = float(gan_weight)
         if self.gan_weight > 0:
-            features = TeacherFeatures(fake)  # pooled last-block tokens of the (trained) fake score
-            self._features = (features,)
-            self.discriminator = mlp_discriminator(features.dim)
+            tokens = CurrentTokens(fake)  # last-block tokens of the (trained) fake score
+            self._tokens = (tokens,)
+            self.discriminator = mlp_discriminator(tokens.dim)
 
-    def _fake_with_features(self, clips, x, t, text) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fake-score flow and its pooled features (one call)."""
-        features = self._features[0]
-        pooled = features(clips, x, t, text)
-        return features.last_output, pooled
+    def _fake_with_logits(self, clips, x, t, text) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fake-score flow and the discriminator's logit per sample (token logits averaged), one call."""
+        out, tokens = self._tokens[0](clips, x, t, text)
+        return out, self.discriminator(tokens).squeeze(-1).mean(dim=1)
 
     def _generator_grad(self, clips, z_tau: torch.Tensor, t, text) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(fake flow, d softplus(-D(z_tau)).sum() / d z_tau, generator loss) with no gradient to fake or head."""
         leaf = z_tau.detach().requires_grad_(True)
         with torch.enable_grad():
-            v_fake, pooled = self._fake_with_features(clips, leaf, t, text)
-            loss = F.softplus(-self.discriminator(pooled).squeeze(-1)).mean()
+            v_fake, logits = self._fake_with_logits(clips, leaf, t, text)
+            loss = F.softplus(-logits).mean()
             (grad,) = torch.autograd.grad(loss, leaf)
         return v_fake.detach(), torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0), loss.detach()
 
@@ -138,12 +167,11 @@ class PyramidalDMD(nn.Module):
             tau = batch.tau_fake[stage]
             t_fake = timestep_for(tau, spec)
             if gan:
-                v_fake, pooled_fake = self._fake_with_features(clips, interpolate(y_start, y_end, tau), t_fake,
-                                                               batch.text)
+                v_fake, logits_fake = self._fake_with_logits(clips, interpolate(y_start, y_end, tau), t_fake,
+                                                             batch.text)
                 r_start, r_end = renoise(batch.clean[stage], batch.noise_fake[stage], spec)
-                _, pooled_real = self._fake_with_features(clips, interpolate(r_start, r_end, tau), t_fake, batch.text)
-                disc_losses.append(F.softplus(-self.discriminator(pooled_real)).mean()
-                                   + F.softplus(self.discriminator(pooled_fake)).mean())
+                _, logits_real = self._fake_with_logits(clips, interpolate(r_start, r_end, tau), t_fake, batch.text)
+                disc_losses.append(F.softplus(-logits_real).mean() + F.softplus(logits_fake).mean())
             else:
                 v_fake = predict(self.fake, clips, interpolate(y_start, y_end, tau), t_fake, batch.text)
             fake_losses.append(F.mse_loss(v_fake, y_start - y_end))

@@ -69,6 +69,7 @@ class DistillSettings:
     fake_updates_per_student: int = 2
     teacher_loss_weight: float = 0.5
     gan_weight: float = 0.0               # dmd: DMD2-style GAN on data latents (0: off, the paper's objective)
+    disc_lr: float | None = None          # discriminator head lr (dmd GAN term, adversarial); None: fake_lr
     teacher_steps: int = 16               # progressive: teacher Euler steps per stage
     data: str = "auto"                    # auto | toyworld | teacher
     data_videos: int = 64
@@ -123,7 +124,8 @@ def _optimizer(objective, settings: DistillSettings) -> torch.optim.Optimizer:
     if hasattr(objective, "fake"):
         groups.append({"params": [p for p in objective.fake.parameters() if p.requires_grad], "lr": settings.fake_lr})
     if hasattr(objective, "discriminator"):
-        groups.append({"params": list(objective.discriminator.parameters()), "lr": settings.fake_lr})
+        groups.append({"params": list(objective.discriminator.parameters()),
+                       "lr": settings.fake_lr if settings.disc_lr is None else settings.disc_lr})
     # betas (0, 0.999) as the video DMDs use for generator and critic (component-facts §2)
     betas = (0.0, 0.999) if settings.method == "dmd" else (0.9, 0.999)
     return torch.optim.AdamW(groups, betas=betas, weight_decay=0.01)
