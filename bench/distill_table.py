@@ -115,6 +115,8 @@ def train_student(pipe, name: str, method: str, schedule: str, args, out: Path):
                                lr=args.lr, fake_lr=args.lr if args.fake_lr is None else args.fake_lr, data=args.data,
                                data_videos=args.data_videos, teacher_loss_weight=args.teacher_loss_weight,
                                ema_decay=args.ema, gan_weight=args.gan_weight, disc_lr=args.disc_lr,
+                               teacher_guidance_scale=args.teacher_cfg[0] if args.teacher_cfg else None,
+                               teacher_video_guidance_scale=args.teacher_cfg[1] if args.teacher_cfg else None,
                                teacher_steps=args.teacher_steps, guard_every=args.guard_every, seed=args.seed,
                                checkpoint_every=25, progress=False)
     result = distill(pipe, settings, out / "train" / name, resume=True, log=print, data=build_data(pipe, args))
@@ -304,6 +306,8 @@ def main(argv=None) -> int:
                         help="DMD2-style GAN term on the data latents (default: off)")
     parser.add_argument("--disc-lr", type=float, default=DistillSettings.disc_lr,
                         help="discriminator head lr (default: the fake score's)")
+    parser.add_argument("--teacher-cfg", type=float, nargs=2, default=None, metavar=("FIRST", "VIDEO"),
+                        help="the teacher's CFG scales during distillation (default: the model's)")
     parser.add_argument("--ema", type=float, default=DistillSettings.ema_decay, help="student EMA decay (default: none)")
     parser.add_argument("--data-videos", type=int, default=64)
     parser.add_argument("--teacher-steps", type=int, default=16)

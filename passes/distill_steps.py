@@ -71,6 +71,10 @@ class DistillStepsConfig:
         "objective)"))
     disc_lr: float | None = attrs.field(default=None, validator=in_range(0.0), metadata=_help(
         "discriminator head learning rate (dmd GAN term, adversarial; unset: fake_lr)"))
+    teacher_guidance_scale: float | None = attrs.field(default=None, validator=in_range(1.0), metadata=_help(
+        "the teacher's CFG on the first frame during distillation (unset: the base model's, as in the paper)"))
+    teacher_video_guidance_scale: float | None = attrs.field(default=None, validator=in_range(1.0), metadata=_help(
+        "the teacher's CFG on later frames during distillation (unset: the base model's)"))
     teacher_steps: int = attrs.field(default=16, validator=in_range(1), metadata=_help(
         "teacher Euler steps per stage (progressive, adversarial; paper 16)"))
     data: Literal["auto", "toyworld", "teacher"] = attrs.field(default="auto", metadata=_help(
@@ -137,7 +141,9 @@ class DistillSteps(Pass):
             lr=cfg.lr if cfg.lr is not None else defaults["lr"],
             fake_lr=cfg.fake_lr if cfg.fake_lr is not None else defaults["fake_lr"],
             fake_updates_per_student=cfg.fake_updates_per_student, teacher_loss_weight=cfg.teacher_loss_weight,
-            gan_weight=cfg.gan_weight, disc_lr=cfg.disc_lr, teacher_steps=cfg.teacher_steps, data=cfg.data, data_videos=cfg.data_videos,
+            gan_weight=cfg.gan_weight, disc_lr=cfg.disc_lr,
+            teacher_guidance_scale=cfg.teacher_guidance_scale,
+            teacher_video_guidance_scale=cfg.teacher_video_guidance_scale, teacher_steps=cfg.teacher_steps, data=cfg.data, data_videos=cfg.data_videos,
             first_frame_prob=cfg.first_frame_prob, ema_decay=cfg.ema_decay, guard_every=cfg.guard_every,
             guard_videos=cfg.guard_videos, min_variance_ratio=cfg.min_variance_ratio,
             max_histogram_l1=cfg.max_histogram_l1, checkpoint_every=cfg.checkpoint_every, seed=ctx.seed,
@@ -168,6 +174,7 @@ class DistillSteps(Pass):
             "method": cfg.method, "schedule": cfg.schedule, "nfe_before": nfe_before, "nfe_after": nfe_after,
             "quality_teacher_same_steps": quality_teacher, "quality_student": quality_student,
             "teacher_guidance": [base_schedule.guidance_scale, base_schedule.video_guidance_scale],
+            "distill_guidance": list(result.guidance),
             "data": result.data_source, "train_steps": result.train.steps,
             "resumed_from": result.train.resumed_from, "final_loss": result.train.final_loss,
             "train_seconds": result.seconds, "guard": result.guard,

@@ -70,6 +70,8 @@ class DistillSettings:
     teacher_loss_weight: float = 0.5
     gan_weight: float = 0.0               # dmd: DMD2-style GAN on data latents (0: off, the paper's objective)
     disc_lr: float | None = None          # discriminator head lr (dmd GAN term, adversarial); None: fake_lr
+    teacher_guidance_scale: float | None = None        # the teacher's CFG, first frame / later frames;
+    teacher_video_guidance_scale: float | None = None  # None: the base model's (the paper)
     teacher_steps: int = 16               # progressive: teacher Euler steps per stage
     data: str = "auto"                    # auto | toyworld | teacher
     data_videos: int = 64
@@ -90,6 +92,9 @@ class DistillSettings:
             raise InputError(f"method {self.method!r}: expected one of {', '.join(METHODS)}")
         if self.data not in DATA_SOURCES:
             raise InputError(f"data {self.data!r}: expected one of {', '.join(DATA_SOURCES)}")
+        for name in ("teacher_guidance_scale", "teacher_video_guidance_scale"):
+            if getattr(self, name) is not None and getattr(self, name) < 1.0:
+                raise InputError(f"{name} {getattr(self, name)}: expected >= 1 (1: no CFG)")
         if self.gan_weight < 0:
             raise InputError(f"gan_weight {self.gan_weight}: expected >= 0")
         if self.gan_weight > 0 and self.method != "dmd":
@@ -105,6 +110,7 @@ class DistillResult:
     train: object                          # neoc.train.loop.TrainResult
     guard: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    guidance: tuple[float, float] = (1.0, 1.0)  # the teacher's CFG during distillation (first frame, later)
 
 
 def make_data(pipe, settings: DistillSettings, progress: Callable) -> dd.DistillData:
@@ -153,7 +159,9 @@ def distill(pipe, settings: DistillSettings, out_dir: str | Path | None, resume:
     torch.manual_seed(settings.seed)
     schedule = student_schedule(pipe.schedule, settings.schedule)
     steps = schedule.video_steps
-    guidance = teacher_guidance(pipe.schedule)
+    base = teacher_guidance(pipe.schedule)
+    guidance = tuple(b if o is None else float(o) for b, o in
+                     zip(base, (settings.teacher_guidance_scale, settings.teacher_video_guidance_scale)))
     data = data if data is not None else make_data(pipe, settings, progress)
     log(f"distill-steps: {settings.method} {settings.schedule}, {data.latents.shape[0]} {data.source} latents, "
         f"teacher CFG {guidance}")
@@ -210,7 +218,7 @@ def distill(pipe, settings: DistillSettings, out_dir: str | Path | None, resume:
     student = final
     run_guard(result.steps)
     return DistillResult(final, schedule, data.source, result, [r.as_dict() for r in guard.reports],
-                         time.perf_counter() - start)
+                         time.perf_counter() - start, guidance)
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,5 @@
-"""distill-steps ``gan_weight``: the DMD2-style GAN term of Pyramidal DMD (toy configs)."""
+"""distill-steps options beyond the paper: the DMD2-style GAN term (``gan_weight``) and the teacher's CFG during
+distillation (``teacher_*guidance_scale``), on toy configs."""
 
 from __future__ import annotations
 
@@ -73,6 +74,17 @@ def test_fake_only_steps_train_the_head_and_report_the_gan_losses():
     assert any(not torch.equal(a, b) for a, b in zip(before, objective.discriminator.parameters()))
 
 
+def test_teacher_guidance_override_reaches_the_objective_and_the_report(tmp_path):
+    from neoc.deploy.testing import CFG_SCHEDULE, short_tiny_pipeline
+
+    result = apply_pass(short_tiny_pipeline(frames=9, schedule=CFG_SCHEDULE), "distill-steps", tmp_path, data="teacher",
+                        teacher_video_guidance_scale=4.5, steps=1, data_videos=1, batch_size=1, guard_every=0,
+                        guard_videos=1, quality_videos=0)
+    base = [CFG_SCHEDULE.guidance_scale, CFG_SCHEDULE.video_guidance_scale]
+    assert result.metrics["teacher_guidance"] == base
+    assert result.metrics["distill_guidance"] == [base[0], 4.5]
+
+
 def test_gan_weight_changes_the_student_through_the_pass(tmp_path):
     students = {}
     for weight in (0.0, 5.0):
@@ -83,7 +95,8 @@ def test_gan_weight_changes_the_student_through_the_pass(tmp_path):
 
 
 @pytest.mark.parametrize("settings, message", [({"gan_weight": -1.0}, ">= 0"),
-                                               ({"gan_weight": 0.5, "method": "progressive"}, "method 'dmd'")])
+                                               ({"gan_weight": 0.5, "method": "progressive"}, "method 'dmd'"),
+                                               ({"teacher_video_guidance_scale": 0.5}, ">= 1")])
 def test_bad_gan_settings_are_refused(settings, message):
     with pytest.raises(InputError, match=message):
         DistillSettings(**settings)
