@@ -125,3 +125,14 @@ def test_current_tokens_on_the_reference_mmdit():
     p = denoiser.patch_size
     assert tokens.hooked and current.shape == (1, x.shape[2] * (x.shape[3] // p) * (x.shape[4] // p),
                                                 denoiser.inner_dim)
+
+
+def test_discriminator_head_keeps_momentum_and_its_own_lr():
+    from neoc.distill.train import _optimizer
+
+    objective, _ = _objective()
+    optimizer = _optimizer(objective, DistillSettings(gan_weight=1.0, fake_lr=1e-4, disc_lr=1e-3))
+    student, fake, head = optimizer.param_groups
+    assert student["betas"] == fake["betas"] == (0.0, 0.999) and head["betas"] == (0.9, 0.999)
+    assert head["lr"] == 1e-3 and fake["lr"] == 1e-4
+    assert {id(p) for p in head["params"]} == {id(p) for p in objective.discriminator.parameters()}
