@@ -115,6 +115,7 @@ def train_student(pipe, name: str, method: str, schedule: str, args, out: Path):
                                lr=args.lr, fake_lr=args.lr if args.fake_lr is None else args.fake_lr, data=args.data,
                                data_videos=args.data_videos, teacher_loss_weight=args.teacher_loss_weight,
                                ema_decay=args.ema, gan_weight=args.gan_weight, disc_lr=args.disc_lr,
+                               fake_updates_per_student=args.fake_updates,
                                teacher_guidance_scale=args.teacher_cfg[0] if args.teacher_cfg else None,
                                teacher_video_guidance_scale=args.teacher_cfg[1] if args.teacher_cfg else None,
                                teacher_steps=args.teacher_steps, guard_every=args.guard_every, seed=args.seed,
@@ -308,6 +309,8 @@ def main(argv=None) -> int:
                         help="discriminator head lr (default: the fake score's)")
     parser.add_argument("--teacher-cfg", type=float, nargs=2, default=None, metavar=("FIRST", "VIDEO"),
                         help="the teacher's CFG scales during distillation (default: the model's)")
+    parser.add_argument("--fake-updates", type=int, default=DistillSettings.fake_updates_per_student,
+                        help="DMD fake-score updates per student update")
     parser.add_argument("--ema", type=float, default=DistillSettings.ema_decay, help="student EMA decay (default: none)")
     parser.add_argument("--data-videos", type=int, default=64)
     parser.add_argument("--teacher-steps", type=int, default=16)
