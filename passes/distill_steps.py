@@ -35,7 +35,7 @@ from typing import Literal
 
 import attrs
 
-from neoc.config import in_range
+from neoc.config import ConfigValueError, in_range
 from neoc.errors import CheckFailed
 from neoc.pass_api import Pass, PassResult
 from neoc.registry import register_pass
@@ -47,6 +47,12 @@ PROFILE_DEFAULTS = {"tiny": {"lr": 1e-4, "fake_lr": 1e-4, "batch_size": 4},
 
 def _help(text: str) -> dict:
     return {"help": text}
+
+
+def _dmd_only(inst, attribute, value) -> None:
+    """attrs validator: a DMD-only option set with another method is a recipe error, not a silent no-op."""
+    if value and inst.method != "dmd":
+        raise ConfigValueError(attribute.name, f"{attribute.name} applies to method 'dmd', not {inst.method!r}")
 
 
 @attrs.frozen
@@ -66,7 +72,7 @@ class DistillStepsConfig:
         "fake-score updates per student update (dmd; paper 2)"))
     teacher_loss_weight: float = attrs.field(default=0.5, validator=in_range(0.0), metadata=_help(
         "weight of the Cauchy teacher loss (dmd; paper 0.5)"))
-    gan_weight: float = attrs.field(default=0.0, validator=in_range(0.0), metadata=_help(
+    gan_weight: float = attrs.field(default=0.0, validator=[in_range(0.0), _dmd_only], metadata=_help(
         "dmd: weight of a DMD2-style GAN term (head on the fake score, data latents as real; 0: off, the paper's "
         "objective)"))
     disc_lr: float | None = attrs.field(default=None, validator=in_range(0.0), metadata=_help(

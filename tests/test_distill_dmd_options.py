@@ -136,3 +136,14 @@ def test_discriminator_head_keeps_momentum_and_its_own_lr():
     assert student["betas"] == fake["betas"] == (0.0, 0.999) and head["betas"] == (0.9, 0.999)
     assert head["lr"] == 1e-3 and fake["lr"] == 1e-4
     assert {id(p) for p in head["params"]} == {id(p) for p in objective.discriminator.parameters()}
+
+
+def test_recipe_errors_name_the_field():
+    from neoc.config import build_config
+    from neoc.registry import get_pass
+
+    config_cls = get_pass("distill-steps").Config
+    for entry, message in [({"method": "progressive", "gan_weight": 0.5}, "applies to method 'dmd'"),
+                           ({"teacher_guidance_scale": 0.5}, "must be >= 1.0")]:
+        with pytest.raises(InputError, match=message):
+            build_config(config_cls, entry, "distill-steps")

@@ -20,8 +20,7 @@ Per stage ``i`` of the latent frame being trained:
   each of the fake score's last-block image tokens of the current latent (logits averaged over tokens: a patch
   discriminator whose tokens have attended to text and history) tells renoised *data* latents ``Down(z, 2^i)``
   from renoised student samples at the fake model's ``tau``, with the same noise (non-saturating logistic loss;
-  head and fake trunk learn it, the trunk scaled by ``gan_weight``; mean-pooled tokens were measured not to
-  separate the two on the shipped tiny model); the student gets ``gan_weight * softplus(-D(z_tau))`` at the DMD ``tau``. The
+  head and fake trunk learn it, the trunk scaled by ``gan_weight``); the student gets ``gan_weight * softplus(-D(z_tau))`` at the DMD ``tau``. The
   generator gradient is taken with respect to the renoised sample only (``torch.autograd.grad``), so it never
   reaches the fake score or the head. Because the head sees real clips of the prompt, the student can move towards
   the data where the teacher misses it (DMD2 §4.3).

@@ -130,9 +130,8 @@ def _optimizer(objective, settings: DistillSettings) -> torch.optim.Optimizer:
     if hasattr(objective, "fake"):
         groups.append({"params": [p for p in objective.fake.parameters() if p.requires_grad], "lr": settings.fake_lr})
     if hasattr(objective, "discriminator"):
-        # the discriminator head keeps momentum: without it (beta1 = 0) its batch-4 updates were measured to
-        # random-walk at chance for 600 steps, while the same features separate data from student samples
-        # (held-out accuracy 0.75-0.92 with momentum, docs/distill-table.md)
+        # the discriminator head keeps Adam's momentum (a classifier, not a critic); docs/distill-table.md
+        # has how slowly it learns at batch 4 either way
         groups.append({"params": list(objective.discriminator.parameters()), "betas": (0.9, 0.999),
                        "lr": settings.fake_lr if settings.disc_lr is None else settings.disc_lr})
     # betas (0, 0.999) as the video DMDs use for generator and critic (component-facts §2)
