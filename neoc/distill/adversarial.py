@@ -18,7 +18,7 @@ from torch.func import functional_call
 from neoc.distill.collapse_guard import CollapseError
 from neoc.distill.data import StageBatch
 from neoc.distill.progressive import teacher_rollout
-from neoc.distill.pyramid import _col, interpolate, predict, timestep_for
+from neoc.distill.pyramid import LastBlockTokens, _col, interpolate, predict, timestep_for
 from neoc.models import scheduler as sched
 
 
@@ -27,21 +27,13 @@ class TeacherFeatures:
 
     def __init__(self, teacher: nn.Module):
         self.teacher = teacher
-        self._captured = None
-        blocks = getattr(teacher, "transformer_blocks", None)
-        self.dim = int(getattr(teacher, "channels", 16))  # fallback: the prediction pooled per channel
-        if blocks is not None and len(blocks) and hasattr(teacher, "inner_dim"):
-            blocks[-1].register_forward_hook(self._hook)
-            self.dim = int(teacher.inner_dim)
-
-    def _hook(self, module, inputs, output):
-        self._captured = output[1] if isinstance(output, (tuple, list)) else output
+        self._tokens = LastBlockTokens(teacher)
+        self.dim = self._tokens.dim  # fallback: the prediction pooled per channel
 
     def __call__(self, clips, x, t, text) -> torch.Tensor:
-        self._captured = None
-        out = predict(self.teacher, clips, x, t, text)
-        if self._captured is not None:
-            return self._captured.float().mean(dim=1)  # [B, D] mean over image tokens
+        out, tokens = self._tokens(clips, x, t, text)
+        if tokens is not None:
+            return tokens.mean(dim=1)  # [B, D] mean over image tokens
         return out.flatten(2).mean(dim=2)  # [B, C]
 
 

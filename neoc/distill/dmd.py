@@ -20,10 +20,11 @@ Per stage ``i`` of the latent frame being trained:
   each of the fake score's last-block image tokens of the current latent (logits averaged over tokens: a patch
   discriminator whose tokens have attended to text and history) tells renoised *data* latents ``Down(z, 2^i)``
   from renoised student samples at the fake model's ``tau``, with the same noise (non-saturating logistic loss;
-  head and fake trunk learn it, the trunk scaled by ``gan_weight``); the student gets ``gan_weight * softplus(-D(z_tau))`` at the DMD ``tau``. The
-  generator gradient is taken with respect to the renoised sample only (``torch.autograd.grad``), so it never
-  reaches the fake score or the head. Because the head sees real clips of the prompt, the student can move towards
-  the data where the teacher misses it (DMD2 §4.3).
+  head and fake trunk learn it, the trunk scaled by ``gan_weight``); the student gets
+  ``gan_weight * softplus(-D(z_tau))`` at the DMD ``tau``. The generator gradient is taken with respect to the
+  renoised sample only (``torch.autograd.grad``), so it never reaches the fake score or the head. Because the head
+  sees real clips of the prompt, it could move the student towards the data where the teacher misses it (DMD2
+  §4.3); on the tiny model the head stayed at chance within 600 CPU steps (``docs/distill-table.md``).
 
 Two-time-scale updates: every optimiser step trains the fake score; every ``fake_updates_per_student``-th step
 also trains the student (``StageBatch.student_step``), i.e. one student update per two fake updates by default.
@@ -41,7 +42,8 @@ from torch import nn
 from neoc.distill.adversarial import mlp_discriminator
 from neoc.distill.collapse_guard import CollapseError
 from neoc.distill.data import StageBatch
-from neoc.distill.pyramid import (clean_from_flow, interpolate, predict, predict_cfg, renoise, timestep_for)
+from neoc.distill.pyramid import (LastBlockTokens, clean_from_flow, interpolate, predict, predict_cfg, renoise,
+                                  timestep_for)
 from neoc.models import scheduler as sched
 
 
@@ -51,25 +53,14 @@ class CurrentTokens:
     For a denoiser without ``transformer_blocks`` the prediction's positions serve as tokens ([B, F*H*W, C])."""
 
     def __init__(self, denoiser: nn.Module):
-        self.denoiser = denoiser
-        self._captured = None
-        blocks = getattr(denoiser, "transformer_blocks", None)
-        self.patch = int(getattr(denoiser, "patch_size", 1))
-        self.hooked = blocks is not None and len(blocks) > 0 and hasattr(denoiser, "inner_dim")
-        self.dim = int(denoiser.inner_dim) if self.hooked else int(getattr(denoiser, "channels", 16))
-        if self.hooked:
-            blocks[-1].register_forward_hook(self._hook)
-
-    def _hook(self, module, inputs, output):
-        self._captured = output[1] if isinstance(output, (tuple, list)) else output
+        self._tokens = LastBlockTokens(denoiser)
+        self.dim = self._tokens.dim
+        self.hooked = self._tokens.hooked
 
     def __call__(self, clips, x, t, text) -> tuple[torch.Tensor, torch.Tensor]:
-        self._captured = None
-        out = predict(self.denoiser, clips, x, t, text)
-        if self.hooked and self._captured is not None:
-            frames, height, width = x.shape[2:]
-            current = frames * (height // self.patch) * (width // self.patch)
-            return out, self._captured[:, -current:].float()
+        out, tokens = self._tokens(clips, x, t, text)
+        if tokens is not None:
+            return out, self._tokens.current(tokens, x)
         return out, out.flatten(2).transpose(1, 2)
 
 

@@ -136,6 +136,38 @@ def predict(denoiser: nn.Module, clips: Sequence[torch.Tensor], x: torch.Tensor,
     return ops.first_output(out).float()
 
 
+class LastBlockTokens:
+    """Calls a denoiser and captures its last transformer block's image tokens (GAN heads read them).
+
+    ``__call__(clips, x, t, text) -> (prediction, tokens)``: ``tokens`` [B, L, D] are all image tokens (history
+    clips first, the current latent last; gradients flow to the input), or ``None`` for a denoiser without
+    ``transformer_blocks``; ``dim`` is D there and the prediction's channel count otherwise.
+    """
+
+    def __init__(self, denoiser: nn.Module):
+        self.denoiser = denoiser
+        self._captured = None
+        blocks = getattr(denoiser, "transformer_blocks", None)
+        self.hooked = blocks is not None and len(blocks) > 0 and hasattr(denoiser, "inner_dim")
+        self.dim = int(denoiser.inner_dim) if self.hooked else int(getattr(denoiser, "channels", 16))
+        self.patch = int(getattr(denoiser, "patch_size", 1))
+        if self.hooked:
+            blocks[-1].register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output):
+        self._captured = output[1] if isinstance(output, (tuple, list)) else output
+
+    def __call__(self, clips, x, t, text) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self._captured = None
+        out = predict(self.denoiser, clips, x, t, text)
+        return out, (self._captured.float() if self.hooked and self._captured is not None else None)
+
+    def current(self, tokens: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The tokens of the current latent ``x`` [B, C, F, H, W] (the last F * H/p * W/p of the sequence)."""
+        frames, height, width = x.shape[2:]
+        return tokens[:, -frames * (height // self.patch) * (width // self.patch):]
+
+
 def predict_cfg(denoiser: nn.Module, clips: Sequence[torch.Tensor], x: torch.Tensor, t: torch.Tensor,
                 cond: TextRows, uncond: TextRows, scale: float) -> torch.Tensor:
     """Classifier-free guided prediction ``v_u + w (v_c - v_u)`` (one batch-2B call, like the graph's CFG)."""
