@@ -118,7 +118,8 @@ def train_student(pipe, name: str, method: str, schedule: str, args, out: Path):
                                fake_updates_per_student=args.fake_updates,
                                teacher_guidance_scale=args.teacher_cfg[0] if args.teacher_cfg else None,
                                teacher_video_guidance_scale=args.teacher_cfg[1] if args.teacher_cfg else None,
-                               teacher_steps=args.teacher_steps, guard_every=args.guard_every, seed=args.seed,
+                               teacher_steps=args.teacher_steps, guard_every=args.guard_every,
+                               seed=args.seed if args.train_seed is None else args.train_seed,
                                checkpoint_every=25, progress=False)
     result = distill(pipe, settings, out / "train" / name, resume=True, log=print, data=build_data(pipe, args))
     save_student(result.student, path)
@@ -315,6 +316,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data-videos", type=int, default=64)
     parser.add_argument("--teacher-steps", type=int, default=16)
     parser.add_argument("--guard-every", type=int, default=100)
+    parser.add_argument("--train-seed", type=int, default=None, help="the students' training seed (default: --seed)")
     parser.add_argument("--videos", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
