@@ -117,7 +117,7 @@ class PyramidalDMD(nn.Module):
         return out, self.discriminator(tokens).squeeze(-1).mean(dim=1)
 
     def _generator_grad(self, clips, z_tau: torch.Tensor, t, text) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(fake flow, d softplus(-D(z_tau)).sum() / d z_tau, generator loss) with no gradient to fake or head."""
+        """(fake flow, d mean(softplus(-D(z_tau))) / d z_tau, that loss); no gradient reaches fake or head."""
         leaf = z_tau.detach().requires_grad_(True)
         with torch.enable_grad():
             v_fake, logits = self._fake_with_logits(clips, leaf, t, text)

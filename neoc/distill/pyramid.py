@@ -160,7 +160,7 @@ class LastBlockTokens:
     def __call__(self, clips, x, t, text) -> tuple[torch.Tensor, torch.Tensor | None]:
         self._captured = None
         out = predict(self.denoiser, clips, x, t, text)
-        return out, (self._captured.float() if self.hooked and self._captured is not None else None)
+        return out, (None if self._captured is None else self._captured.float())  # set by the hook only
 
     def current(self, tokens: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The tokens of the current latent ``x`` [B, C, F, H, W] (the last F * H/p * W/p of the sequence)."""
