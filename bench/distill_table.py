@@ -115,6 +115,8 @@ def train_student(pipe, name: str, method: str, schedule: str, args, out: Path):
                                lr=args.lr, fake_lr=args.lr if args.fake_lr is None else args.fake_lr, data=args.data,
                                data_videos=args.data_videos, teacher_loss_weight=args.teacher_loss_weight,
                                ema_decay=args.ema, gan_weight=args.gan_weight, disc_lr=args.disc_lr,
+                               gan_stages=tuple(args.gan_stages) if args.gan_stages else None,
+                               critic_warmup=args.critic_warmup,
                                fake_updates_per_student=args.fake_updates,
                                teacher_guidance_scale=args.teacher_cfg[0] if args.teacher_cfg else None,
                                teacher_video_guidance_scale=args.teacher_cfg[1] if args.teacher_cfg else None,
@@ -308,6 +310,10 @@ def main(argv=None) -> int:
                         help="DMD2-style GAN term on the data latents (default: off)")
     parser.add_argument("--disc-lr", type=float, default=DistillSettings.disc_lr,
                         help="discriminator head lr (default: the fake score's)")
+    parser.add_argument("--gan-stages", type=int, nargs="+", default=None, metavar="STAGE",
+                        help="pyramid stages with the GAN term (default: the last)")
+    parser.add_argument("--critic-warmup", type=int, default=DistillSettings.critic_warmup,
+                        help="first steps train only the fake score and GAN head")
     parser.add_argument("--teacher-cfg", type=float, nargs=2, default=None, metavar=("FIRST", "VIDEO"),
                         help="the teacher's CFG scales during distillation (default: the model's)")
     parser.add_argument("--fake-updates", type=int, default=DistillSettings.fake_updates_per_student,

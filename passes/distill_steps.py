@@ -9,7 +9,8 @@ frame, CFG distilled in — by
   (``tau ~ U(0, 1)``), the DMD gradient at four fixed ``tau`` levels weighted per sample by
   ``1 / ||teacher - conditional flow||_1``, the Cauchy teacher loss (weight ``teacher_loss_weight`` = 0.5), one
   student update per ``fake_updates_per_student`` (2) fake-score updates; ``gan_weight`` > 0 adds a DMD2-style
-  GAN term whose head on the fake score tells the training latents from student samples (off by default);
+  GAN term whose head on the fake score tells the training latents from student samples (off by default; on the
+  last pyramid stage unless ``gan_stages`` says otherwise), ``critic_warmup`` trains fake score and head alone first;
 * ``method: progressive`` — Pyramidal progressive distillation (:mod:`neoc.distill.progressive`): each student step
   regresses ``teacher_steps``-per-stage CFG teacher Euler steps;
 * ``method: adversarial`` — progressive x10 plus a hinge GAN whose discriminator is a 4-layer MLP on frozen-teacher
@@ -55,6 +56,12 @@ def _dmd_only(inst, attribute, value) -> None:
         raise ConfigValueError(attribute.name, f"{attribute.name} applies to method 'dmd', not {inst.method!r}")
 
 
+def _needs_gan(inst, attribute, value) -> None:
+    """attrs validator: a GAN-term option without ``gan_weight`` would do nothing."""
+    if value is not None and inst.gan_weight == 0:
+        raise ConfigValueError(attribute.name, f"{attribute.name} shapes the GAN term: set gan_weight > 0 too")
+
+
 @attrs.frozen
 class DistillStepsConfig:
     method: Literal["dmd", "progressive", "adversarial"] = attrs.field(default="dmd", metadata=_help(
@@ -77,6 +84,11 @@ class DistillStepsConfig:
         "objective)"))
     disc_lr: float | None = attrs.field(default=None, validator=in_range(0.0), metadata=_help(
         "discriminator head learning rate (dmd GAN term, adversarial; unset: fake_lr)"))
+    gan_stages: tuple[int, ...] | None = attrs.field(default=None, validator=[_dmd_only, _needs_gan], metadata=_help(
+        "dmd GAN term: pyramid stages it reads (unset: the last, full-resolution stage; the coarse stages' "
+        "samples are too noisy to tell data from student)"))
+    critic_warmup: int = attrs.field(default=0, validator=[in_range(0), _dmd_only], metadata=_help(
+        "dmd: first optimizer steps that train only the fake score (and GAN head) before any student update"))
     teacher_guidance_scale: float | None = attrs.field(default=None, validator=in_range(1.0), metadata=_help(
         "the teacher's CFG on the first frame during distillation (unset: the base model's, as in the paper)"))
     teacher_video_guidance_scale: float | None = attrs.field(default=None, validator=in_range(1.0), metadata=_help(
@@ -135,6 +147,10 @@ class DistillSteps(Pass):
                                   "precompute-inputs")
         if pipeline.prompt_encoder is None:
             raise CheckFailed("distill-steps needs the pipeline's tokenizers to encode its training prompts")
+        if self.config.gan_stages is not None:
+            from neoc.distill.dmd import gan_stage_set
+
+            gan_stage_set(self.config.gan_stages, pipeline.schedule.num_stages)  # InputError names the bad stage
 
     def settings(self, ctx):
         from neoc.distill.train import DistillSettings
@@ -147,7 +163,8 @@ class DistillSteps(Pass):
             lr=cfg.lr if cfg.lr is not None else defaults["lr"],
             fake_lr=cfg.fake_lr if cfg.fake_lr is not None else defaults["fake_lr"],
             fake_updates_per_student=cfg.fake_updates_per_student, teacher_loss_weight=cfg.teacher_loss_weight,
-            gan_weight=cfg.gan_weight, disc_lr=cfg.disc_lr,
+            gan_weight=cfg.gan_weight, disc_lr=cfg.disc_lr, gan_stages=cfg.gan_stages,
+            critic_warmup=cfg.critic_warmup,
             teacher_guidance_scale=cfg.teacher_guidance_scale,
             teacher_video_guidance_scale=cfg.teacher_video_guidance_scale, teacher_steps=cfg.teacher_steps,
             data=cfg.data, data_videos=cfg.data_videos,

@@ -22,7 +22,7 @@ from neoc.testing import toy_pipeline
 FAST = dict(steps=4, data_videos=2, batch_size=2, guard_every=2, guard_videos=1, quality_videos=0)
 
 
-def _objective(gan_weight: float = 1.0):
+def _objective(gan_weight: float = 1.0, gan_stages=None):
     torch.manual_seed(0)
     pipe = toy_pipeline(frames=9)
     schedule = student_schedule(pipe.schedule, "1-1-1")
@@ -31,7 +31,7 @@ def _objective(gan_weight: float = 1.0):
     for p in [*student.parameters(), *fake.parameters()]:
         p.requires_grad_(True)
     objective = PyramidalDMD(student, fake, freeze(copy.deepcopy(denoiser)), teacher_guidance(pipe.schedule),
-                             schedule.num_stages, schedule.gamma, gan_weight=gan_weight)
+                             schedule.num_stages, schedule.gamma, gan_weight=gan_weight, gan_stages=gan_stages)
     data = dd.teacher_data(pipe, 2, 0)
     batch = dd.make_batch(data, torch.Generator().manual_seed(3), 2, schedule.video_steps, True,
                           schedule.num_stages, schedule.gamma, first_frame_prob=0.0)
@@ -94,7 +94,56 @@ def test_gan_weight_changes_the_student_through_the_pass(tmp_path):
     assert any(not torch.allclose(students[0.0][k], students[5.0][k]) for k in students[0.0])
 
 
+@pytest.mark.parametrize("stages, expected", [(None, [2, 2]), ((0, -1), [0, 0, 2, 2])])
+def test_gan_term_reads_only_its_stages(stages, expected):
+    """Default: the last (full-resolution) stage; the discriminator sees real and fake there, nowhere else."""
+    objective, batch = _objective(gan_stages=stages)
+    batch.student_step = False
+    seen = []
+    original = objective._fake_with_logits
+
+    def record(clips, x, t, text):
+        seen.append(next(i for i, start in enumerate(batch.start) if x.shape[-1] == start.shape[-1]))  # by size
+        return original(clips, x, t, text)
+
+    objective._fake_with_logits = record
+    objective(batch)
+    assert seen == expected
+    batch.student_step = True
+    seen.clear()
+    loss, metrics = objective(batch)
+    assert seen == [s for stage in expected[::2] for s in (stage, stage, stage)]  # + the generator's call
+    assert metrics["gan_dmd_grad_ratio"] > 0
+
+
+@pytest.mark.parametrize("stages, message", [((3,), r"stage\(s\) \[3\] outside the 3-stage pyramid"),
+                                             ((), "at least one stage")])
+def test_bad_gan_stages_are_refused(stages, message):
+    from neoc.distill.dmd import gan_stage_set
+
+    with pytest.raises(InputError, match=message):
+        gan_stage_set(stages, 3)
+    assert gan_stage_set((-1, 0), 3) == {0, 2} and gan_stage_set(None, 3) == {2}
+
+
+def test_critic_warmup_holds_the_student_back(tmp_path, monkeypatch):
+    """The first ``critic_warmup`` steps train only the fake score; then one student step per two."""
+    flags = []
+    make_batch = dd.make_batch
+
+    def spy(data, generator, batch_size, steps, student_step, *args, **kwargs):
+        flags.append(student_step)
+        return make_batch(data, generator, batch_size, steps, student_step, *args, **kwargs)
+
+    monkeypatch.setattr(dd, "make_batch", spy)
+    apply_pass(toy_pipeline(frames=9), "distill-steps", tmp_path, **{**FAST, "steps": 6, "guard_every": 0},
+               critic_warmup=3)
+    assert flags == [False, False, False, True, False, True]
+
+
 @pytest.mark.parametrize("settings, message", [({"gan_weight": -1.0}, ">= 0"),
+                                               ({"critic_warmup": 300, "steps": 300}, "no student update"),
+                                               ({"critic_warmup": 10, "method": "adversarial"}, "method 'dmd'"),
                                                ({"gan_weight": 0.5, "method": "progressive"}, "method 'dmd'"),
                                                ({"teacher_video_guidance_scale": 0.5}, ">= 1")])
 def test_bad_gan_settings_are_refused(settings, message):
@@ -144,6 +193,8 @@ def test_recipe_errors_name_the_field():
 
     config_cls = get_pass("distill-steps").Config
     for entry, message in [({"method": "progressive", "gan_weight": 0.5}, "applies to method 'dmd'"),
-                           ({"teacher_guidance_scale": 0.5}, "must be >= 1.0")]:
+                           ({"teacher_guidance_scale": 0.5}, "must be >= 1.0"),
+                           ({"gan_stages": [2]}, "set gan_weight > 0"),
+                           ({"method": "progressive", "critic_warmup": 5}, "applies to method 'dmd'")]:
         with pytest.raises(InputError, match=message):
             build_config(config_cls, entry, "distill-steps")

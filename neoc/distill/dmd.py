@@ -44,6 +44,7 @@ from neoc.distill.collapse_guard import CollapseError
 from neoc.distill.data import StageBatch
 from neoc.distill.pyramid import (LastBlockTokens, clean_from_flow, interpolate, predict, predict_cfg, renoise,
                                   timestep_for)
+from neoc.errors import InputError
 from neoc.models import scheduler as sched
 
 
@@ -87,6 +88,19 @@ def cauchy_loss(z_hat: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.log1p(((z_hat.float() - target.float()) ** 2).mean(dim=dims)).mean()
 
 
+def gan_stage_set(stages: tuple[int, ...] | None, num_stages: int) -> frozenset[int]:
+    """The pyramid stages that carry the GAN term (``None``: the last, full-resolution stage only)."""
+    if stages is None:
+        return frozenset({num_stages - 1})
+    if not stages:
+        raise InputError("gan_stages: expected at least one stage")
+    bad = [s for s in stages if not -num_stages <= int(s) < num_stages]
+    if bad:
+        raise InputError(f"gan_stages {list(stages)}: stage(s) {bad} outside the {num_stages}-stage pyramid "
+                         f"(0 .. {num_stages - 1}, or negative from the end)")
+    return frozenset(int(s) % num_stages for s in stages)
+
+
 class PyramidalDMD(nn.Module):
     """Objective for :class:`neoc.train.loop.Trainer`: ``forward(StageBatch) -> (loss, metrics)``.
 
@@ -97,7 +111,7 @@ class PyramidalDMD(nn.Module):
 
     def __init__(self, student: nn.Module, fake: nn.Module, teacher: nn.Module, guidance: tuple[float, float],
                  num_stages: int = 3, gamma: float = 1.0 / 3.0, teacher_loss_weight: float = 0.5,
-                 gan_weight: float = 0.0):
+                 gan_weight: float = 0.0, gan_stages: tuple[int, ...] | None = None):
         super().__init__()
         self.student = student
         self.fake = fake
@@ -106,6 +120,7 @@ class PyramidalDMD(nn.Module):
         self.specs = sched.stage_specs(num_stages, gamma)
         self.teacher_loss_weight = float(teacher_loss_weight)
         self.gan_weight = float(gan_weight)
+        self.gan_stages = gan_stage_set(gan_stages, num_stages)
         if self.gan_weight > 0:
             tokens = CurrentTokens(fake)  # last-block tokens of the (trained) fake score
             self._tokens = (tokens,)
@@ -144,9 +159,9 @@ class PyramidalDMD(nn.Module):
         scale = self.guidance[0] if batch.unit == 0 else self.guidance[1]
         zero = torch.zeros((), device=batch.start[0].device)
         fake_losses, dmd_losses, teacher_losses, weights = [], [], [], []
-        disc_losses, gen_losses, gen_terms = [], [], []
-        gan = self.gan_weight > 0
+        disc_losses, gen_losses, gen_terms, grad_norms = [], [], [], []
         for stage, spec in enumerate(self.specs):
+            gan = self.gan_weight > 0 and stage in self.gan_stages
             clips = batch.clips[stage]
             with torch.set_grad_enabled(batch.student_step and torch.is_grad_enabled()):
                 z_hat = self.student_sample(batch, stage)
@@ -184,17 +199,25 @@ class PyramidalDMD(nn.Module):
                 gen_terms.append((interpolate(g_start, g_end, tau) * gen_grad).sum())
                 gen_losses.append(gen_loss)
             grad, weight = dmd_gradient(v_teacher, v_fake_now, y_start - y_end)
+            if gan:  # d loss / d z_tau of each term (the DMD surrogate's is grad / numel): their balance
+                grad_norms.append(torch.stack([(grad / grad.numel()).norm(), self.gan_weight * gen_grad.norm()]))
             dmd_losses.append(dmd_loss(z_hat, grad))
             teacher_losses.append(cauchy_loss(z_hat, batch.clean[stage]))
             weights.append(weight.mean())
         loss_fake = torch.stack(fake_losses).mean()
         metrics = {"loss_fake": loss_fake.detach()}
         loss = loss_fake
+        gan = self.gan_weight > 0
         if gan:
             loss_disc = torch.stack(disc_losses).mean()
             loss = loss + self.gan_weight * loss_disc
             metrics["loss_disc"] = loss_disc.detach()
             metrics["loss_gan"] = torch.stack(gen_losses).mean() if batch.student_step else zero
+            if batch.student_step:  # the GAN term's gradient norm at the noisy sample over the DMD term's
+                dmd_norm, gan_norm = torch.stack(grad_norms).sum(0)
+                metrics["gan_dmd_grad_ratio"] = (gan_norm / dmd_norm.clamp_min(1e-12)).detach()
+            else:
+                metrics["gan_dmd_grad_ratio"] = zero
         if batch.student_step:
             loss_dmd = torch.stack(dmd_losses).mean()
             loss_teacher = torch.stack(teacher_losses).mean()

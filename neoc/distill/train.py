@@ -70,6 +70,8 @@ class DistillSettings:
     teacher_loss_weight: float = 0.5
     gan_weight: float = 0.0               # dmd: DMD2-style GAN on data latents (0: off, the paper's objective)
     disc_lr: float | None = None          # discriminator head lr (dmd GAN term, adversarial); None: fake_lr
+    gan_stages: tuple[int, ...] | None = None  # dmd GAN term's pyramid stages; None: the last (full resolution)
+    critic_warmup: int = 0                # dmd: first optimiser steps train only fake score (+ GAN head)
     teacher_guidance_scale: float | None = None        # the teacher's CFG, first frame / later frames;
     teacher_video_guidance_scale: float | None = None  # None: the base model's (the paper)
     teacher_steps: int = 16               # progressive: teacher Euler steps per stage
@@ -97,6 +99,12 @@ class DistillSettings:
                 raise InputError(f"{name} {getattr(self, name)}: expected >= 1 (1: no CFG)")
         if self.gan_weight < 0:
             raise InputError(f"gan_weight {self.gan_weight}: expected >= 0")
+        if self.critic_warmup < 0:
+            raise InputError(f"critic_warmup {self.critic_warmup}: expected >= 0")
+        if self.critic_warmup and self.method != "dmd":
+            raise InputError(f"critic_warmup applies to method 'dmd' (its fake score), not {self.method!r}")
+        if self.method == "dmd" and self.critic_warmup >= self.steps:
+            raise InputError(f"critic_warmup {self.critic_warmup} leaves no student update in {self.steps} steps")
         if self.gan_weight > 0 and self.method != "dmd":
             raise InputError(f"gan_weight applies to method 'dmd' (the 'adversarial' method has its own GAN), "
                              f"not {self.method!r}")
@@ -181,7 +189,7 @@ def distill(pipe, settings: DistillSettings, out_dir: str | Path | None, resume:
         for p in fake.parameters():
             p.requires_grad_(True)
         objective = PyramidalDMD(student, fake, teacher, guidance, schedule.num_stages, schedule.gamma,
-                                 settings.teacher_loss_weight, settings.gan_weight)
+                                 settings.teacher_loss_weight, settings.gan_weight, settings.gan_stages)
         ratio = settings.fake_updates_per_student
     elif settings.method == "adversarial":
         objective = PyramidalAdversarial(student, teacher, guidance, schedule.num_stages, schedule.gamma,
@@ -207,7 +215,7 @@ def distill(pipe, settings: DistillSettings, out_dir: str | Path | None, resume:
     def batch_fn(ctx):
         if settings.guard_every and ctx.micro == 0 and ctx.step > 0 and ctx.step % settings.guard_every == 0:
             run_guard(ctx.step)
-        student_step = (ctx.step % ratio) == ratio - 1
+        student_step = ctx.step >= settings.critic_warmup and (ctx.step % ratio) == ratio - 1
         return dd.make_batch(data, ctx.generator, settings.batch_size, steps, student_step, schedule.num_stages,
                              schedule.gamma, settings.first_frame_prob)
 
