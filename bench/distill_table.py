@@ -116,7 +116,7 @@ def train_student(pipe, name: str, method: str, schedule: str, args, out: Path):
                                data_videos=args.data_videos, teacher_loss_weight=args.teacher_loss_weight,
                                ema_decay=args.ema, gan_weight=args.gan_weight, disc_lr=args.disc_lr,
                                gan_stages=tuple(args.gan_stages) if args.gan_stages else None,
-                               critic_warmup=args.critic_warmup,
+                               critic_warmup=args.critic_warmup, rollout=args.rollout,
                                fake_updates_per_student=args.fake_updates,
                                teacher_guidance_scale=args.teacher_cfg[0] if args.teacher_cfg else None,
                                teacher_video_guidance_scale=args.teacher_cfg[1] if args.teacher_cfg else None,
@@ -314,6 +314,8 @@ def main(argv=None) -> int:
                         help="pyramid stages with the GAN term (default: the last)")
     parser.add_argument("--critic-warmup", type=int, default=DistillSettings.critic_warmup,
                         help="first steps train only the fake score and GAN head")
+    parser.add_argument("--rollout", action="store_true",
+                        help="DMD: the student learns on its own sampler run (backward simulation)")
     parser.add_argument("--teacher-cfg", type=float, nargs=2, default=None, metavar=("FIRST", "VIDEO"),
                         help="the teacher's CFG scales during distillation (default: the model's)")
     parser.add_argument("--fake-updates", type=int, default=DistillSettings.fake_updates_per_student,

@@ -89,6 +89,9 @@ class DistillStepsConfig:
         "samples are too noisy to tell data from student)"))
     critic_warmup: int = attrs.field(default=0, validator=[in_range(0), _dmd_only], metadata=_help(
         "dmd: first optimizer steps that train only the fake score (and GAN head) before any student update"))
+    rollout: bool = attrs.field(default=False, validator=_dmd_only, metadata=_help(
+        "dmd: the student learns on its own sampler run (DMD2's backward simulation; the Cauchy loss then only "
+        "at stage 0) instead of the data's noise path (the paper)"))
     teacher_guidance_scale: float | None = attrs.field(default=None, validator=in_range(1.0), metadata=_help(
         "the teacher's CFG on the first frame during distillation (unset: the base model's, as in the paper)"))
     teacher_video_guidance_scale: float | None = attrs.field(default=None, validator=in_range(1.0), metadata=_help(
@@ -164,7 +167,7 @@ class DistillSteps(Pass):
             fake_lr=cfg.fake_lr if cfg.fake_lr is not None else defaults["fake_lr"],
             fake_updates_per_student=cfg.fake_updates_per_student, teacher_loss_weight=cfg.teacher_loss_weight,
             gan_weight=cfg.gan_weight, disc_lr=cfg.disc_lr, gan_stages=cfg.gan_stages,
-            critic_warmup=cfg.critic_warmup,
+            critic_warmup=cfg.critic_warmup, rollout=cfg.rollout,
             teacher_guidance_scale=cfg.teacher_guidance_scale,
             teacher_video_guidance_scale=cfg.teacher_video_guidance_scale, teacher_steps=cfg.teacher_steps,
             data=cfg.data, data_videos=cfg.data_videos,

@@ -198,3 +198,38 @@ def test_recipe_errors_name_the_field():
                            ({"method": "progressive", "critic_warmup": 5}, "applies to method 'dmd'")]:
         with pytest.raises(InputError, match=message):
             build_config(config_cls, entry, "distill-steps")
+
+
+def test_rollout_inputs_follow_the_sampler():
+    """``rollout``: the student's last-stage sample from its own rollout is the 1-1-1 sampler's first latent frame."""
+    from neoc.distill.sampling import sample_latents
+    from neoc.ir import ops
+
+    torch.manual_seed(0)
+    pipe = toy_pipeline(frames=9)
+    schedule = student_schedule(pipe.schedule, "1-1-1")
+    denoiser = pipe.component("denoiser").eval()
+    objective = PyramidalDMD(denoiser, copy.deepcopy(denoiser), freeze(copy.deepcopy(denoiser)),
+                             teacher_guidance(pipe.schedule), schedule.num_stages, schedule.gamma,
+                             rollout_steps=schedule.video_steps)
+    data = dd.teacher_data(pipe, 1, 0)
+    batch = dd.make_batch(data, torch.Generator().manual_seed(1), 1, schedule.video_steps, True, schedule.num_stages,
+                          schedule.gamma, first_frame_prob=1.0, jump_noise=True)
+    noise = pipe.draw_noise(7)
+    batch.start[0] = ops.frame(noise["noise"], 0)
+    batch.noise_jump = [None] + [ops.frame(noise[f"jump_noise_{s}"], 0) for s in range(1, schedule.num_stages)]
+    with torch.no_grad():
+        inputs = objective.rollout_inputs(batch)
+        last = objective.student_sample(batch, schedule.num_stages - 1, inputs[-1])
+    expected = sample_latents(pipe, batch.text, data.uncond, noise, schedule, denoiser=denoiser, num_units=1)
+    assert torch.allclose(last, expected, atol=1e-5)
+    assert not torch.allclose(inputs[-1], interpolate(batch.start[-1], batch.end[-1], batch.r_student[-1]))
+    batch.noise_jump = None
+    with pytest.raises(ValueError, match="jump_noise=True"):
+        objective.rollout_inputs(batch)
+
+
+def test_rollout_trains_through_the_pass(tmp_path):
+    result = apply_pass(toy_pipeline(frames=9), "distill-steps", tmp_path, rollout=True, gan_weight=0.1,
+                        critic_warmup=1, **FAST)
+    assert result.metrics["nfe_after"] < result.metrics["nfe_before"]

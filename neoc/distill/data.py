@@ -105,6 +105,7 @@ class StageBatch:
     noise_fake: list[torch.Tensor]
     tau_dmd: list[torch.Tensor]     # [B] one of DMD_TAU_LEVELS
     noise_dmd: list[torch.Tensor]
+    noise_jump: list[torch.Tensor | None] | None = None  # block noise entering stage i > 0 (student rollouts)
 
 
 def pick_unit(latent_frames: int, generator: torch.Generator, first_frame_prob: float) -> int:
@@ -116,7 +117,9 @@ def pick_unit(latent_frames: int, generator: torch.Generator, first_frame_prob: 
 def make_batch(data: DistillData, generator: torch.Generator, batch_size: int, student_steps: Sequence[int],
                student_step: bool, num_stages: int = 3, gamma: float = 1.0 / 3.0,
                first_frame_prob: float = 0.3, corrupt_ratio: float = fm.CORRUPT_RATIO,
-               tau_levels: Sequence[float] = DMD_TAU_LEVELS) -> StageBatch:
+               tau_levels: Sequence[float] = DMD_TAU_LEVELS, jump_noise: bool = False) -> StageBatch:
+    """One unit's stages for a batch; ``jump_noise`` adds the sampler's stage-jump noise (drawn last, so the rest
+    of the batch is the same with or without it) for objectives that roll the student out."""
     specs = sched.stage_specs(num_stages, gamma)
     index = torch.randint(0, data.latents.shape[0], (batch_size,), generator=generator)
     latents = data.latents[index]
@@ -151,6 +154,9 @@ def make_batch(data: DistillData, generator: torch.Generator, batch_size: int, s
         out["noise_fake"].append(fake_noise[stage])
         out["tau_dmd"].append(levels[torch.randint(0, len(levels), (batch_size,), generator=generator)])
         out["noise_dmd"].append(dmd_noise[stage])
+    if jump_noise:
+        out["noise_jump"] = [None] + [sched.block_noise(tuple(out["start"][stage].shape), generator, gamma)
+                                      for stage in range(1, num_stages)]
     return StageBatch(unit=unit, student_step=student_step, text=data.cond.rows(index), uncond=data.uncond, **out)
 
 

@@ -45,6 +45,7 @@ from neoc.distill.data import StageBatch
 from neoc.distill.pyramid import (LastBlockTokens, clean_from_flow, interpolate, predict, predict_cfg, renoise,
                                   timestep_for)
 from neoc.errors import InputError
+from neoc.ir import ops
 from neoc.models import scheduler as sched
 
 
@@ -111,7 +112,8 @@ class PyramidalDMD(nn.Module):
 
     def __init__(self, student: nn.Module, fake: nn.Module, teacher: nn.Module, guidance: tuple[float, float],
                  num_stages: int = 3, gamma: float = 1.0 / 3.0, teacher_loss_weight: float = 0.5,
-                 gan_weight: float = 0.0, gan_stages: tuple[int, ...] | None = None):
+                 gan_weight: float = 0.0, gan_stages: tuple[int, ...] | None = None,
+                 rollout_steps: tuple[int, ...] | None = None):
         super().__init__()
         self.student = student
         self.fake = fake
@@ -121,6 +123,11 @@ class PyramidalDMD(nn.Module):
         self.teacher_loss_weight = float(teacher_loss_weight)
         self.gan_weight = float(gan_weight)
         self.gan_stages = gan_stage_set(gan_stages, num_stages)
+        self.gamma = float(gamma)
+        self.rollout_steps = None if rollout_steps is None else tuple(int(n) for n in rollout_steps)
+        if self.rollout_steps is not None and len(self.rollout_steps) != num_stages:
+            raise InputError(f"rollout_steps {list(self.rollout_steps)}: expected one step count per stage "
+                             f"({num_stages})")
         if self.gan_weight > 0:
             tokens = CurrentTokens(fake)  # last-block tokens of the (trained) fake score
             self._tokens = (tokens,)
@@ -148,23 +155,54 @@ class PyramidalDMD(nn.Module):
         self._teacher[0].to(*args, **kwargs)
         return super().to(*args, **kwargs)
 
-    def student_sample(self, batch: StageBatch, stage: int) -> torch.Tensor:
+    def student_sample(self, batch: StageBatch, stage: int, x: torch.Tensor | None = None) -> torch.Tensor:
+        """The student's clean estimate at its input ``x`` (default: the data path at ``r_student``)."""
         spec = self.specs[stage]
         r = batch.r_student[stage]
-        x = interpolate(batch.start[stage], batch.end[stage], r)
+        if x is None:
+            x = interpolate(batch.start[stage], batch.end[stage], r)
         v = predict(self.student, batch.clips[stage], x, timestep_for(r, spec), batch.text)
         return clean_from_flow(x, v, r, spec)
+
+    @torch.no_grad()
+    def rollout_inputs(self, batch: StageBatch) -> list[torch.Tensor]:
+        """Student inputs from its own sampler run (DMD2's backward simulation), one per stage: stage 0 starts at
+        the batch's pure noise, every later stage at the sampler's jump from the previous stage's last Euler step;
+        within a stage, each sample's input is the state at its ``r_student`` grid point. History is the data's."""
+        if batch.noise_jump is None:
+            raise ValueError("rollout needs batches drawn with make_batch(..., jump_noise=True)")
+        inputs, x = [], batch.start[0]
+        for stage, spec in enumerate(self.specs):
+            if stage > 0:
+                alpha, beta = sched.jump_coefficients(spec, self.gamma)
+                x = ops.stage_jump(x, batch.noise_jump[stage], alpha, beta)
+            grid = sched.local_sigmas(self.rollout_steps[stage])
+            match = torch.stack([torch.isclose(batch.r_student[stage], torch.tensor(g)) for g in grid[:-1]])
+            if not bool(match.any(0).all()):
+                raise ValueError(f"stage {stage}: r_student off the {self.rollout_steps[stage]}-step grid")
+            index = match.float().argmax(0)  # [B] each sample's grid position
+            steps = len(grid) - 1 if stage < len(self.specs) - 1 else int(index.max())  # the last stage stops early
+            picked = x.clone()
+            for k in range(len(grid) - 1):
+                picked[index == k] = x[index == k]
+                if k >= steps:
+                    break
+                t = timestep_for(torch.full_like(batch.r_student[stage], grid[k]), spec)
+                x = ops.euler_step(x, predict(self.student, batch.clips[stage], x, t, batch.text), grid[k], grid[k + 1])
+            inputs.append(picked)
+        return inputs
 
     def forward(self, batch: StageBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         scale = self.guidance[0] if batch.unit == 0 else self.guidance[1]
         zero = torch.zeros((), device=batch.start[0].device)
         fake_losses, dmd_losses, teacher_losses, weights = [], [], [], []
         disc_losses, gen_losses, gen_terms, grad_norms = [], [], [], []
+        inputs = self.rollout_inputs(batch) if self.rollout_steps is not None else None
         for stage, spec in enumerate(self.specs):
             gan = self.gan_weight > 0 and stage in self.gan_stages
             clips = batch.clips[stage]
             with torch.set_grad_enabled(batch.student_step and torch.is_grad_enabled()):
-                z_hat = self.student_sample(batch, stage)
+                z_hat = self.student_sample(batch, stage, None if inputs is None else inputs[stage])
             if not torch.isfinite(z_hat).all():
                 raise CollapseError(f"non-finite student prediction (NaN/inf) at stage {stage}, unit {batch.unit}")
             # fake score: pyramidal flow matching on the (detached) student distribution, tau ~ U(0, 1)
@@ -202,7 +240,8 @@ class PyramidalDMD(nn.Module):
             if gan:  # d loss / d z_tau of each term (the DMD surrogate's is grad / numel): their balance
                 grad_norms.append(torch.stack([(grad / grad.numel()).norm(), self.gan_weight * gen_grad.norm()]))
             dmd_losses.append(dmd_loss(z_hat, grad))
-            teacher_losses.append(cauchy_loss(z_hat, batch.clean[stage]))
+            if inputs is None or stage == 0:  # a rollout's later stages are not paired with the data latent
+                teacher_losses.append(cauchy_loss(z_hat, batch.clean[stage]))
             weights.append(weight.mean())
         loss_fake = torch.stack(fake_losses).mean()
         metrics = {"loss_fake": loss_fake.detach()}

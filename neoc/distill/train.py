@@ -72,6 +72,7 @@ class DistillSettings:
     disc_lr: float | None = None          # discriminator head lr (dmd GAN term, adversarial); None: fake_lr
     gan_stages: tuple[int, ...] | None = None  # dmd GAN term's pyramid stages; None: the last (full resolution)
     critic_warmup: int = 0                # dmd: first optimiser steps train only fake score (+ GAN head)
+    rollout: bool = False                 # dmd: student inputs from its own sampler run, not the data path
     teacher_guidance_scale: float | None = None        # the teacher's CFG, first frame / later frames;
     teacher_video_guidance_scale: float | None = None  # None: the base model's (the paper)
     teacher_steps: int = 16               # progressive: teacher Euler steps per stage
@@ -101,6 +102,8 @@ class DistillSettings:
             raise InputError(f"gan_weight {self.gan_weight}: expected >= 0")
         if self.critic_warmup < 0:
             raise InputError(f"critic_warmup {self.critic_warmup}: expected >= 0")
+        if self.rollout and self.method != "dmd":
+            raise InputError(f"rollout applies to method 'dmd', not {self.method!r}")
         if self.critic_warmup and self.method != "dmd":
             raise InputError(f"critic_warmup applies to method 'dmd' (its fake score), not {self.method!r}")
         if self.method == "dmd" and self.critic_warmup >= self.steps:
@@ -189,7 +192,8 @@ def distill(pipe, settings: DistillSettings, out_dir: str | Path | None, resume:
         for p in fake.parameters():
             p.requires_grad_(True)
         objective = PyramidalDMD(student, fake, teacher, guidance, schedule.num_stages, schedule.gamma,
-                                 settings.teacher_loss_weight, settings.gan_weight, settings.gan_stages)
+                                 settings.teacher_loss_weight, settings.gan_weight, settings.gan_stages,
+                                 tuple(steps) if settings.rollout else None)
         ratio = settings.fake_updates_per_student
     elif settings.method == "adversarial":
         objective = PyramidalAdversarial(student, teacher, guidance, schedule.num_stages, schedule.gamma,
@@ -217,7 +221,7 @@ def distill(pipe, settings: DistillSettings, out_dir: str | Path | None, resume:
             run_guard(ctx.step)
         student_step = ctx.step >= settings.critic_warmup and (ctx.step % ratio) == ratio - 1
         return dd.make_batch(data, ctx.generator, settings.batch_size, steps, student_step, schedule.num_stages,
-                             schedule.gamma, settings.first_frame_prob)
+                             schedule.gamma, settings.first_frame_prob, jump_noise=settings.rollout)
 
     result = trainer.fit(batch_fn)
     final = copy.deepcopy(trainer.module.student)
