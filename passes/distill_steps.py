@@ -90,8 +90,8 @@ class DistillStepsConfig:
     critic_warmup: int = attrs.field(default=0, validator=[in_range(0), _dmd_only], metadata=_help(
         "dmd: first optimizer steps that train only the fake score (and GAN head) before any student update"))
     rollout: bool = attrs.field(default=False, validator=_dmd_only, metadata=_help(
-        "dmd: the student learns on its own sampler run (DMD2's backward simulation; the Cauchy loss then only "
-        "at stage 0) instead of the data's noise path (the paper)"))
+        "dmd: the DMD term (and GAN) read student samples from its own sampler run (DMD2's backward simulation) "
+        "instead of the data's noise path (the paper); the Cauchy loss stays on the data path"))
     teacher_guidance_scale: float | None = attrs.field(default=None, validator=in_range(1.0), metadata=_help(
         "the teacher's CFG on the first frame during distillation (unset: the base model's, as in the paper)"))
     teacher_video_guidance_scale: float | None = attrs.field(default=None, validator=in_range(1.0), metadata=_help(

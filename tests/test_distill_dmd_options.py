@@ -233,3 +233,19 @@ def test_rollout_trains_through_the_pass(tmp_path):
     result = apply_pass(toy_pipeline(frames=9), "distill-steps", tmp_path, rollout=True, gan_weight=0.1,
                         critic_warmup=1, **FAST)
     assert result.metrics["nfe_after"] < result.metrics["nfe_before"]
+
+
+def test_rollout_keeps_the_cauchy_loss_on_the_data_path():
+    from neoc.distill.dmd import cauchy_loss
+
+    objective, batch = _objective(gan_weight=0.0)
+    objective.rollout_steps = (1, 1, 1)
+    generator = torch.Generator().manual_seed(5)
+    batch.noise_jump = [None] + [torch.randn(batch.start[s].shape, generator=generator) for s in (1, 2)]
+    with torch.no_grad():
+        _, metrics = objective(batch)
+        on_data = torch.stack([cauchy_loss(objective.student_sample(batch, s), batch.clean[s]) for s in range(3)])
+        on_rollout = torch.stack([cauchy_loss(objective.student_sample(batch, s, x), batch.clean[s])
+                                  for s, x in enumerate(objective.rollout_inputs(batch))])
+    assert torch.allclose(metrics["loss_teacher"], on_data.mean())
+    assert not torch.allclose(on_rollout.mean(), on_data.mean())

@@ -24,7 +24,13 @@ Per stage ``i`` of the latent frame being trained:
   ``gan_weight * softplus(-D(z_tau))`` at the DMD ``tau``. The generator gradient is taken with respect to the
   renoised sample only (``torch.autograd.grad``), so it never reaches the fake score or the head. Because the head
   sees real clips of the prompt, it could move the student towards the data where the teacher misses it (DMD2
-  §4.3); on the tiny model the head stayed at chance within 600 CPU steps (``docs/distill-table.md``).
+  §4.3). ``gan_stages`` picks the stages it reads, by default the last: at the coarser stages the renoised samples
+  keep >= 33% noise even at ``tau`` = 0 and a head cannot tell data from student there (``docs/distill-table.md``).
+* optional **rollout** (``rollout_steps`` set; off by default, DMD2's backward simulation, not the paper's): the
+  student's input at each stage is the state of its own sampler run (pure noise, the student's Euler steps, the
+  sampler's stage jumps with the batch's ``noise_jump``) instead of the data's noise path, so fake score, DMD and
+  GAN terms see what the student generates at inference; the Cauchy loss stays on the data path (one more student
+  call per stage where the inputs differ). History clips stay the data's.
 
 Two-time-scale updates: every optimiser step trains the fake score; every ``fake_updates_per_student``-th step
 also trains the student (``StageBatch.student_step``), i.e. one student update per two fake updates by default.
@@ -240,8 +246,13 @@ class PyramidalDMD(nn.Module):
             if gan:  # d loss / d z_tau of each term (the DMD surrogate's is grad / numel): their balance
                 grad_norms.append(torch.stack([(grad / grad.numel()).norm(), self.gan_weight * gen_grad.norm()]))
             dmd_losses.append(dmd_loss(z_hat, grad))
-            if inputs is None or stage == 0:  # a rollout's later stages are not paired with the data latent
-                teacher_losses.append(cauchy_loss(z_hat, batch.clean[stage]))
+            # the Cauchy loss pairs the student with the data latent on the data's noise path (the paper's), also
+            # when the DMD term reads a rollout: one more student call where the two inputs differ
+            z_data = z_hat
+            if inputs is not None and not torch.equal(inputs[stage], interpolate(batch.start[stage], batch.end[stage],
+                                                                                  batch.r_student[stage])):
+                z_data = self.student_sample(batch, stage)
+            teacher_losses.append(cauchy_loss(z_data, batch.clean[stage]))
             weights.append(weight.mean())
         loss_fake = torch.stack(fake_losses).mean()
         metrics = {"loss_fake": loss_fake.detach()}
