@@ -183,7 +183,8 @@ class PyramidalDMD(nn.Module):
                 alpha, beta = sched.jump_coefficients(spec, self.gamma)
                 x = ops.stage_jump(x, batch.noise_jump[stage], alpha, beta)
             grid = sched.local_sigmas(self.rollout_steps[stage])
-            match = torch.stack([torch.isclose(batch.r_student[stage], torch.tensor(g)) for g in grid[:-1]])
+            r = batch.r_student[stage]
+            match = torch.stack([torch.isclose(r, torch.tensor(g, dtype=r.dtype, device=r.device)) for g in grid[:-1]])
             if not bool(match.any(0).all()):
                 raise ValueError(f"stage {stage}: r_student off the {self.rollout_steps[stage]}-step grid")
             index = match.float().argmax(0)  # [B] each sample's grid position
@@ -193,7 +194,7 @@ class PyramidalDMD(nn.Module):
                 picked[index == k] = x[index == k]
                 if k >= steps:
                     break
-                t = timestep_for(torch.full_like(batch.r_student[stage], grid[k]), spec)
+                t = timestep_for(torch.full_like(r, grid[k]), spec)
                 x = ops.euler_step(x, predict(self.student, batch.clips[stage], x, t, batch.text), grid[k], grid[k + 1])
             inputs.append(picked)
         return inputs
