@@ -37,7 +37,7 @@ from typing import Literal
 import attrs
 
 from neoc.config import ConfigValueError, in_range
-from neoc.errors import CheckFailed
+from neoc.errors import CheckFailed, InputError
 from neoc.pass_api import Pass, PassResult
 from neoc.registry import register_pass
 from neoc.eval.pipeline_quality import quality_skip_reason
@@ -153,7 +153,10 @@ class DistillSteps(Pass):
         if self.config.gan_stages is not None:
             from neoc.distill.dmd import gan_stage_set
 
-            gan_stage_set(self.config.gan_stages, pipeline.schedule.num_stages)  # InputError names the bad stage
+            try:
+                gan_stage_set(self.config.gan_stages, pipeline.schedule.num_stages)
+            except InputError as exc:
+                raise InputError(f"distill-steps: {exc}") from None
 
     def settings(self, ctx):
         from neoc.distill.train import DistillSettings

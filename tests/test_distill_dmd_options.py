@@ -249,3 +249,9 @@ def test_rollout_keeps_the_cauchy_loss_on_the_data_path():
                                   for s, x in enumerate(objective.rollout_inputs(batch))])
     assert torch.allclose(metrics["loss_teacher"], on_data.mean())
     assert not torch.allclose(on_rollout.mean(), on_data.mean())
+
+
+def test_gan_stage_outside_the_pyramid_fails_before_training(tmp_path):
+    with pytest.raises(InputError, match=r"distill-steps: gan_stages \[5\]"):
+        apply_pass(toy_pipeline(frames=9), "distill-steps", tmp_path, gan_weight=0.1, gan_stages=(5,), **FAST)
+    assert not any(tmp_path.rglob("*.safetensors"))  # nothing trained or written
