@@ -33,9 +33,9 @@ def main(argv: list[str] | None = None) -> int:
 
     pipe = sources.load_source(args.model)
     items = eval_prompts(args.videos, args.seed)
-    frames, height, width = pipe.generate(items[0][0], seed=args.seed).shape[2:]  # the model's video layout
+    spec = pipe.spec  # the decoder's video layout
     clips = _match_layout(torch.stack([render_float(scene, NUM_FRAMES, 128) for _, scene in items]),
-                          frames, height, width)
+                          spec.frames, spec.height, spec.width)
     encoder, decoder = pipe.components["vae_encoder"].eval(), pipe.components["vae_decoder"].eval()
     with torch.no_grad():
         round_trip = torch.cat([decoder(encoder(clip[None])).clamp(-1, 1) for clip in clips])

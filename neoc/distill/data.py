@@ -101,6 +101,7 @@ class StageBatch:
     clean: list[torch.Tensor]       # Down(z, 2^i): the stage's clean latent
     r_student: list[torch.Tensor]   # [B] local sigma of the student input
     r_next: list[torch.Tensor]      # [B] the next local sigma of the student grid (progressive target)
+    i_student: list[torch.Tensor]   # [B] position of r_student on the student grid (student rollouts)
     tau_fake: list[torch.Tensor]    # [B] ~ U(0, 1) (the 1000-point training grid)
     noise_fake: list[torch.Tensor]
     tau_dmd: list[torch.Tensor]     # [B] one of DMD_TAU_LEVELS
@@ -136,7 +137,7 @@ def make_batch(data: DistillData, generator: torch.Generator, batch_size: int, s
             if level > 0:
                 level_clean = ops.down2(level_clean)
             history.append(fm.corrupt_history(level_clean, generator, corrupt_ratio))
-    out = dict(clips=[], start=[], end=[], clean=[], r_student=[], r_next=[], tau_fake=[], noise_fake=[],
+    out = dict(clips=[], start=[], end=[], clean=[], r_student=[], r_next=[], i_student=[], tau_fake=[], noise_fake=[],
                tau_dmd=[], noise_dmd=[])
     levels = torch.tensor(list(tau_levels), dtype=torch.float32)
     for stage in range(num_stages):
@@ -149,6 +150,7 @@ def make_batch(data: DistillData, generator: torch.Generator, batch_size: int, s
         out["clean"].append(clean[stage])
         out["r_student"].append(torch.tensor(grid, dtype=torch.float32)[pick])
         out["r_next"].append(torch.tensor(grid, dtype=torch.float32)[pick + 1])
+        out["i_student"].append(pick)
         grid_index = torch.randint(0, fm.TRAIN_GRID, (batch_size,), generator=generator)
         out["tau_fake"].append((1.0 - grid_index.float() / fm.TRAIN_GRID))
         out["noise_fake"].append(fake_noise[stage])

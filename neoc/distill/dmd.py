@@ -174,7 +174,7 @@ class PyramidalDMD(nn.Module):
     def rollout_inputs(self, batch: StageBatch) -> list[torch.Tensor]:
         """Student inputs from its own sampler run (DMD2's backward simulation), one per stage: stage 0 starts at
         the batch's pure noise, every later stage at the sampler's jump from the previous stage's last Euler step;
-        within a stage, each sample's input is the state at its ``r_student`` grid point. History is the data's."""
+        within a stage, each sample's input is the state at its grid point ``i_student``. History is the data's."""
         if batch.noise_jump is None:
             raise ValueError("rollout needs batches drawn with make_batch(..., jump_noise=True)")
         inputs, x = [], batch.start[0]
@@ -183,11 +183,7 @@ class PyramidalDMD(nn.Module):
                 alpha, beta = sched.jump_coefficients(spec, self.gamma)
                 x = ops.stage_jump(x, batch.noise_jump[stage], alpha, beta)
             grid = sched.local_sigmas(self.rollout_steps[stage])
-            r = batch.r_student[stage]
-            match = torch.stack([torch.isclose(r, torch.tensor(g, dtype=r.dtype, device=r.device)) for g in grid[:-1]])
-            if not bool(match.any(0).all()):
-                raise ValueError(f"stage {stage}: r_student off the {self.rollout_steps[stage]}-step grid")
-            index = match.float().argmax(0)  # [B] each sample's grid position
+            r, index = batch.r_student[stage], batch.i_student[stage].to(x.device)  # [B] each sample's grid position
             steps = len(grid) - 1 if stage < len(self.specs) - 1 else int(index.max())  # the last stage stops early
             picked = x.clone()
             for k in range(len(grid) - 1):
@@ -206,7 +202,7 @@ class PyramidalDMD(nn.Module):
         disc_losses, gen_losses, gen_terms, grad_norms = [], [], [], []
         inputs = self.rollout_inputs(batch) if self.rollout_steps is not None else None
         for stage, spec in enumerate(self.specs):
-            gan = self.gan_weight > 0 and stage in self.gan_stages
+            stage_gan = self.gan_weight > 0 and stage in self.gan_stages
             clips = batch.clips[stage]
             with torch.set_grad_enabled(batch.student_step and torch.is_grad_enabled()):
                 z_hat = self.student_sample(batch, stage, None if inputs is None else inputs[stage])
@@ -216,7 +212,7 @@ class PyramidalDMD(nn.Module):
             y_start, y_end = renoise(z_hat.detach(), batch.noise_fake[stage], spec)
             tau = batch.tau_fake[stage]
             t_fake = timestep_for(tau, spec)
-            if gan:
+            if stage_gan:
                 v_fake, logits_fake = self._fake_with_logits(clips, interpolate(y_start, y_end, tau), t_fake,
                                                              batch.text)
                 r_start, r_end = renoise(batch.clean[stage], batch.noise_fake[stage], spec)
@@ -234,9 +230,9 @@ class PyramidalDMD(nn.Module):
             t_tau = timestep_for(tau, spec)
             with torch.no_grad():
                 v_teacher = predict_cfg(self.teacher, clips, z_tau, t_tau, batch.text, batch.uncond, scale)
-                if not gan:
+                if not stage_gan:
                     v_fake_now = predict(self.fake, clips, z_tau, t_tau, batch.text)
-            if gan:  # the same fake call gives the DMD term's fake flow and the generator's gradient
+            if stage_gan:  # the same fake call gives the DMD term's fake flow and the generator's gradient
                 v_fake_now, gen_grad, gen_loss = self._generator_grad(clips, z_tau, t_tau, batch.text)
                 # z_tau is linear in z_hat: rebuilding it with gradient and pairing it with the detached
                 # d loss / d z_tau gives the student exactly the chain-rule gradient
@@ -244,7 +240,7 @@ class PyramidalDMD(nn.Module):
                 gen_terms.append((interpolate(g_start, g_end, tau) * gen_grad).sum())
                 gen_losses.append(gen_loss)
             grad, weight = dmd_gradient(v_teacher, v_fake_now, y_start - y_end)
-            if gan:  # d loss / d z_tau of each term (the DMD surrogate's is grad / numel): their balance
+            if stage_gan:  # d loss / d z_tau of each term (the DMD surrogate's is grad / numel): their balance
                 grad_norms.append(torch.stack([(grad / grad.numel()).norm(), self.gan_weight * gen_grad.norm()]))
             dmd_losses.append(dmd_loss(z_hat, grad))
             # the Cauchy loss pairs the student with the data latent on the data's noise path (the paper's), also
@@ -258,8 +254,7 @@ class PyramidalDMD(nn.Module):
         loss_fake = torch.stack(fake_losses).mean()
         metrics = {"loss_fake": loss_fake.detach()}
         loss = loss_fake
-        gan = self.gan_weight > 0
-        if gan:
+        if self.gan_weight > 0:
             loss_disc = torch.stack(disc_losses).mean()
             loss = loss + self.gan_weight * loss_disc
             metrics["loss_disc"] = loss_disc.detach()
@@ -273,7 +268,7 @@ class PyramidalDMD(nn.Module):
             loss_dmd = torch.stack(dmd_losses).mean()
             loss_teacher = torch.stack(teacher_losses).mean()
             loss = loss + loss_dmd + self.teacher_loss_weight * loss_teacher
-            if gan:
+            if self.gan_weight > 0:
                 loss = loss + self.gan_weight * torch.stack(gen_terms).mean()
             metrics.update(loss_dmd=loss_dmd.detach(), loss_teacher=loss_teacher.detach(),
                            dmd_weight=torch.stack(weights).mean())
