@@ -85,6 +85,40 @@ def test_grid_points_match_the_sampler_grid():
     assert abs(float(t[2]) - steps[-1]) < 1e-4                                 # the sampler's last timestep
 
 
+def test_uniform_grid_sampling_is_the_default_draw():
+    drawn = fm.sample_grid_index(64, torch.Generator().manual_seed(3))
+    assert torch.equal(drawn, torch.randint(0, fm.TRAIN_GRID, (64,), generator=torch.Generator().manual_seed(3)))
+    latents, tokens = torch.randn(2, 4, 2, 8, 8), {"t5_ids": torch.zeros(2, 4, dtype=torch.long)}
+    default = fm.make_flow_batch(latents, 1, tokens, torch.Generator().manual_seed(0))
+    named = fm.make_flow_batch(latents, 1, tokens, torch.Generator().manual_seed(0), timestep_sampling="uniform")
+    assert torch.equal(default.timesteps, named.timesteps)
+
+
+def test_logit_normal_sampling_favours_the_middle_of_each_stage():
+    index = fm.sample_grid_index(20000, torch.Generator().manual_seed(0), "logit_normal")
+    assert int(index.min()) >= 0 and int(index.max()) < fm.TRAIN_GRID and index.dtype == torch.long
+    middle = float(((index >= 250) & (index < 750)).float().mean())
+    assert 0.70 < middle < 0.76          # P(|n| < ln 3) = 0.727 for r = sigmoid(n); uniform gives 0.5
+    early = fm.sample_grid_index(20000, torch.Generator().manual_seed(0), "logit_normal", logit_mean=1.0)
+    assert float(early.float().mean()) < 350  # E[sigmoid(1 + n)] ~ 0.69: r (local sigma) nearer 1, index nearer 0
+    latents, tokens = torch.randn(64, 4, 1, 8, 8), {"t5_ids": torch.zeros(64, 4, dtype=torch.long)}
+    batch = fm.make_flow_batch(latents, 0, tokens, torch.Generator().manual_seed(0), timestep_sampling="logit_normal",
+                               logit_std=0.1)
+    rows = batch.timesteps.view(64, 3)    # a narrow logit-normal: every stage's timestep sits near its midpoint
+    for stage, spec in enumerate(SPECS):
+        mid = (spec.timestep_max + spec.timestep_min) / 2
+        assert float((rows[:, stage] - mid).abs().max()) < 0.1 * (spec.timestep_max - spec.timestep_min)
+
+
+@pytest.mark.parametrize("kwargs, message", [({"sampling": "cosine"}, "uniform, logit_normal"),
+                                             ({"sampling": "logit_normal", "logit_std": 0.0}, "logit_std")])
+def test_bad_timestep_sampling_is_an_input_error(kwargs, message):
+    from neoc.errors import InputError
+
+    with pytest.raises(InputError, match=message):
+        fm.sample_grid_index(4, torch.Generator(), **kwargs)
+
+
 @pytest.mark.parametrize("unit", [0, 1, 3, 6])
 def test_flow_batch_history_matches_inference_layout(unit):
     latents = torch.randn(2, 16, 7, 16, 16)
@@ -152,3 +186,26 @@ def test_objective_trains_all_components():
     loss.backward()
     assert torch.isfinite(loss) and set(metrics) == {"loss_stage0", "loss_stage1", "loss_stage2"}
     assert all(p.grad is not None for p in objective.parameters())
+
+
+def test_prune_flow_data_passes_its_timestep_sampling_on():
+    import numpy as np
+
+    from neoc.data.toyworld import sample_scene
+    from neoc.errors import InputError
+    from neoc.prune.data import FlowData, LatentSet
+
+    class Tokens:
+        def encode(self, texts):
+            return {"t5_ids": torch.zeros(len(texts), 4, dtype=torch.long)}
+
+    scenes = [sample_scene(np.random.default_rng(i)) for i in range(4)]
+    data = LatentSet(torch.randn(4, 4, 3, 8, 8), scenes)
+    narrow = FlowData(data, Tokens(), 32, 3, 1 / 3, timestep_sampling="logit_normal", logit_std=0.1)
+    rows = narrow.draw(torch.Generator().manual_seed(0)).timesteps.view(32, 3)
+    uniform = FlowData(data, Tokens(), 32, 3, 1 / 3).draw(torch.Generator().manual_seed(0)).timesteps.view(32, 3)
+    spread = lambda t, spec: float((t - (spec.timestep_max + spec.timestep_min) / 2).abs().max())  # noqa: E731
+    assert spread(rows[:, 2], SPECS[2]) < 0.1 * (SPECS[2].timestep_max - SPECS[2].timestep_min)
+    assert spread(uniform[:, 2], SPECS[2]) > 0.3 * (SPECS[2].timestep_max - SPECS[2].timestep_min)
+    with pytest.raises(InputError, match="cosine"):
+        FlowData(data, Tokens(), 2, 3, 1 / 3, timestep_sampling="cosine")

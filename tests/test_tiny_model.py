@@ -106,7 +106,9 @@ def test_build_settings_overrides_keep_types_and_reject_unknown_keys(monkeypatch
     cfg = settings(False, ["den_steps=7900", "den_lr=1", "cfg_grid=[[3, 2]]"])
     assert cfg["den_steps"] == 7900 and cfg["den_lr"] == 1.0 and isinstance(cfg["den_lr"], float)
     assert cfg["cfg_grid"] == [[3, 2]] and FULL["den_steps"] != 7900  # the module's settings are untouched
-    for bad in ("den_step=10", "den_steps", "den_steps=1.5", "den_steps=lots"):
+    assert settings(False, ["den_t_sampling=logit_normal"])["den_t_sampling"] == "logit_normal"
+    for bad in ("den_step=10", "den_steps", "den_steps=1.5", "den_steps=lots", "den_t_sampling=cosine",
+                "den_logit_std=0"):
         with pytest.raises(InputError, match="--set"):
             settings(False, [bad])
     with pytest.raises(SystemExit):  # the CLI reports it as a usage error before any stage runs

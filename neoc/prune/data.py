@@ -82,13 +82,20 @@ class FlowData:
     frame, an image) with probability ``first_frame_prob``, else a uniformly drawn later unit with its history
     (corrupted with noise, as Pyramid-Flow trains). Captions are re-worded from the scene on every draw and dropped
     to ``""`` 10 % of the time (CFG). All randomness comes from the step's generator (resume replays the data).
+    ``timestep_sampling`` / ``logit_mean`` / ``logit_std``: how each stage's training point is drawn
+    (:func:`neoc.train.flow_matching.sample_grid_index`; uniform by default).
     """
 
     def __init__(self, data: LatentSet, prompt_encoder, batch_size: int, num_stages: int, gamma: float,
-                 first_frame_prob: float = 0.25):
+                 first_frame_prob: float = 0.25, timestep_sampling: str = "uniform", logit_mean: float = 0.0,
+                 logit_std: float = 1.0):
+        from neoc.train.flow_matching import sample_grid_index
+
+        sample_grid_index(1, torch.Generator(), timestep_sampling, logit_mean, logit_std)  # bad settings fail here
         self.data, self.prompt_encoder = data, prompt_encoder
         self.batch_size, self.num_stages, self.gamma = batch_size, num_stages, gamma
         self.first_frame_prob = first_frame_prob
+        self.sampling = (timestep_sampling, float(logit_mean), float(logit_std))
 
     def captions(self, scenes, gen: torch.Generator) -> list[str]:
         from neoc.data.toyworld import caption
@@ -108,7 +115,9 @@ class FlowData:
         index = torch.randint(0, latents.shape[0], (self.batch_size,), generator=gen)
         clips = latents[index, :, :unit + 1]
         texts = drop_captions(self.captions([self.data.scenes[i] for i in index.tolist()], gen), gen)
-        return make_flow_batch(clips, unit, self.prompt_encoder.encode(texts), gen, self.num_stages, self.gamma)
+        sampling, mean, std = self.sampling
+        return make_flow_batch(clips, unit, self.prompt_encoder.encode(texts), gen, self.num_stages, self.gamma,
+                               timestep_sampling=sampling, logit_mean=mean, logit_std=std)
 
     def __call__(self, ctx):
         return self.draw(ctx.generator)

@@ -14,6 +14,9 @@ For the latent frame ("unit") ``k`` being generated and pyramid stage ``s`` (0 =
   ``1, 0.999, ..., 0.001`` and the *global* timestep at the same grid index (``timestep_max`` ->
   ``timestep_min`` of the stage), exactly the pairs the sampler visits; the target is ``v = start - end``
   (so an Euler step ``x += (r_next - r) v`` moves towards ``end``), loss = MSE.
+* the grid index is uniform by default (Pyramid-Flow); ``timestep_sampling="logit_normal"`` draws the local sigma
+  as ``r = sigmoid(m + s * n)``, ``n ~ N(0, 1)`` (SD3's logit-normal sampling, applied inside each stage) and
+  takes the nearest grid point, so the middle of every stage gets more of the training budget.
 
 History (units ``0..k-1``) is laid out exactly like inference (:func:`neoc.ir.pipeline.history_clips`): at
 stage ``s`` the previous frame at the stage's resolution, older frames at lower pyramid levels. Training
@@ -33,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from neoc.errors import InputError
 from neoc.ir import ops
 from neoc.ir.pipeline import history_clips
 from neoc.models import scheduler as sched
@@ -40,6 +44,7 @@ from neoc.models import scheduler as sched
 TRAIN_GRID = sched.GLOBAL_STEPS  # 1000 training points per stage
 CORRUPT_RATIO = 1.0 / 3.0
 CAPTION_DROPOUT = 0.1
+TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
 
 
 # ---- end points ---------------------------------------------------------------------------------------------
@@ -83,6 +88,20 @@ def grid_point(index: torch.Tensor, spec: sched.StageSpec) -> tuple[torch.Tensor
     return r.float(), timestep.float()
 
 
+def sample_grid_index(batch: int, generator: torch.Generator, sampling: str = "uniform",
+                      logit_mean: float = 0.0, logit_std: float = 1.0) -> torch.Tensor:
+    """``batch`` training-grid indices in [0, 1000): uniform, or the grid point nearest to a logit-normal local
+    sigma ``r = sigmoid(logit_mean + logit_std * n)`` (``r = 1 - i/1000``)."""
+    if not logit_std > 0:
+        raise InputError(f"logit_std: expected > 0, got {logit_std}")
+    if sampling == "uniform":
+        return torch.randint(0, TRAIN_GRID, (batch,), generator=generator)
+    if sampling == "logit_normal":
+        r = torch.sigmoid(logit_mean + logit_std * torch.randn((batch,), generator=generator, dtype=torch.float64))
+        return ((1.0 - r) * TRAIN_GRID).round().clamp(0, TRAIN_GRID - 1).long()
+    raise InputError(f"timestep sampling {sampling!r}: expected one of {', '.join(TIMESTEP_SAMPLINGS)}")
+
+
 def interpolate(start: torch.Tensor, end: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """``x = r * start + (1 - r) * end`` with a per-sample ``r`` [B]."""
     r = r.view(-1, *([1] * (start.dim() - 1))).to(start.dtype)
@@ -113,8 +132,12 @@ class FlowBatch:
 
 def make_flow_batch(latents: torch.Tensor, unit: int, tokens: dict[str, torch.Tensor], generator: torch.Generator,
                     num_stages: int = 3, gamma: float = 1.0 / 3.0,
-                    corrupt_ratio: float = CORRUPT_RATIO) -> FlowBatch:
-    """Build a :class:`FlowBatch` for ``unit`` from normalised clean latents [B, C, T >= unit+1, H, W]."""
+                    corrupt_ratio: float = CORRUPT_RATIO, timestep_sampling: str = "uniform",
+                    logit_mean: float = 0.0, logit_std: float = 1.0) -> FlowBatch:
+    """Build a :class:`FlowBatch` for ``unit`` from normalised clean latents [B, C, T >= unit+1, H, W].
+
+    ``timestep_sampling`` / ``logit_mean`` / ``logit_std``: how each stage's grid index is drawn
+    (:func:`sample_grid_index`)."""
     specs = sched.stage_specs(num_stages, gamma)
     batch = latents.shape[0]
     current = latents[:, :, unit:unit + 1].float()  # [B, C, 1, H, W]
@@ -133,7 +156,7 @@ def make_flow_batch(latents: torch.Tensor, unit: int, tokens: dict[str, torch.Te
     sample, targets, timesteps = [], [], []
     for stage in range(num_stages):
         start, end = stage_end_points(clean, noisy, stage, specs)
-        index = torch.randint(0, TRAIN_GRID, (batch,), generator=generator)
+        index = sample_grid_index(batch, generator, timestep_sampling, logit_mean, logit_std)
         r, t = grid_point(index, specs[stage])
         clips = [history_levels[level][:, :, a:b] for level, a, b in history_clips(unit, stage, num_stages)]
         sample.append(clips + [interpolate(start, end, r)])

@@ -73,6 +73,7 @@ FULL = {
     "dec_frames": 49, "dec_batch": 2,
     "den_steps": 2400, "den_batch": 16, "den_lr": 5e-4, "den_warmup": 40, "den_ema": 0.99, "den_first_frame_prob": 0.35,
     "den_checkpoint_every": 25, "den_prefetch": 0,
+    "den_t_sampling": "uniform", "den_logit_mean": 0.0, "den_logit_std": 1.0,
     "cfg_grid": [[2.0, 1.5], [3.0, 2.0], [5.0, 3.0], [7.0, 5.0]], "cfg_prompts": 8,
     "taehv_steps": 3000, "taehv_lr": 1e-3, "taehv_batch": 2, "taehv_pool": 512, "taehv_warmup": 100,
 }
@@ -112,6 +113,12 @@ def settings(fast: bool, overrides: list[str] | tuple[str, ...] = ()) -> dict:
         if type(value) is not type(old):
             raise InputError(f"--set {key}: expected {type(old).__name__} like {old!r}, got {value!r}")
         cfg[key] = value
+    from neoc.train.flow_matching import sample_grid_index
+
+    try:
+        sample_grid_index(1, torch.Generator(), cfg["den_t_sampling"], cfg["den_logit_mean"], cfg["den_logit_std"])
+    except InputError as exc:
+        raise InputError(f"--set den_t_sampling / den_logit_*: {exc}") from None
     return cfg
 
 
@@ -447,7 +454,9 @@ class FlowBatches:
             index = torch.randint(0, self.videos.shape[0], (size,), generator=gen)
             latents, scenes = self.videos[index, :, :unit + 1], [self.video_scenes[i] for i in index.tolist()]
         texts = drop_captions(self.captions(scenes, gen), gen)
-        return make_flow_batch(latents, unit, self.prompt_encoder.encode(texts), gen)
+        return make_flow_batch(latents, unit, self.prompt_encoder.encode(texts), gen,
+                               timestep_sampling=self.cfg["den_t_sampling"], logit_mean=self.cfg["den_logit_mean"],
+                               logit_std=self.cfg["den_logit_std"])
 
 
 def dit_init(denoiser: torch.nn.Module) -> None:
