@@ -116,6 +116,7 @@ def train_student(pipe, name: str, method: str, schedule: str, args, out: Path):
                                data_videos=args.data_videos, teacher_loss_weight=args.teacher_loss_weight,
                                ema_decay=args.ema, gan_weight=args.gan_weight, disc_lr=args.disc_lr,
                                gan_stages=tuple(args.gan_stages) if args.gan_stages else None,
+                               gan_features=args.gan_features,
                                critic_warmup=args.critic_warmup, rollout=args.rollout,
                                fake_updates_per_student=args.fake_updates,
                                teacher_guidance_scale=args.teacher_cfg[0] if args.teacher_cfg else None,
@@ -312,6 +313,8 @@ def main(argv=None) -> int:
                         help="discriminator head lr (default: the fake score's)")
     parser.add_argument("--gan-stages", type=int, nargs="+", default=None, metavar="STAGE",
                         help="pyramid stages with the GAN term (default: the last)")
+    parser.add_argument("--gan-features", default=DistillSettings.gan_features, choices=("fake", "teacher"),
+                        help="the GAN head reads the fake score's tokens (DMD2) or the frozen teacher's")
     parser.add_argument("--critic-warmup", type=int, default=DistillSettings.critic_warmup,
                         help="first steps train only the fake score and GAN head")
     parser.add_argument("--rollout", action="store_true",

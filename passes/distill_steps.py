@@ -9,8 +9,9 @@ frame, CFG distilled in — by
   (``tau ~ U(0, 1)``), the DMD gradient at four fixed ``tau`` levels weighted per sample by
   ``1 / ||teacher - conditional flow||_1``, the Cauchy teacher loss (weight ``teacher_loss_weight`` = 0.5), one
   student update per ``fake_updates_per_student`` (2) fake-score updates; ``gan_weight`` > 0 adds a DMD2-style
-  GAN term whose head on the fake score tells the training latents from student samples (off by default; on the
-  last pyramid stage unless ``gan_stages`` says otherwise), ``critic_warmup`` trains fake score and head alone first;
+  GAN term whose head on the fake score (or, ``gan_features: teacher``, the frozen teacher) tells the training
+  latents from student samples (off by default; on the last pyramid stage unless ``gan_stages`` says otherwise),
+  ``critic_warmup`` trains fake score and head alone first;
 * ``method: progressive`` — Pyramidal progressive distillation (:mod:`neoc.distill.progressive`): each student step
   regresses ``teacher_steps``-per-stage CFG teacher Euler steps;
 * ``method: adversarial`` — progressive x10 plus a hinge GAN whose discriminator is a 4-layer MLP on frozen-teacher
@@ -87,6 +88,10 @@ class DistillStepsConfig:
     gan_stages: tuple[int, ...] | None = attrs.field(default=None, validator=[_dmd_only, _needs_gan], metadata=_help(
         "dmd GAN term: pyramid stages it reads (unset: the last, full-resolution stage; the coarse stages' "
         "samples are too noisy to tell data from student)"))
+    gan_features: Literal["fake", "teacher"] | None = attrs.field(default=None, validator=[_dmd_only, _needs_gan],
+                                                                   metadata=_help(
+        "dmd GAN term: the head reads the fake score's last-block tokens (unset: fake, DMD2) or the frozen "
+        "teacher's (a feature space the fake score's training does not move)"))
     critic_warmup: int = attrs.field(default=0, validator=[in_range(0), _dmd_only], metadata=_help(
         "dmd: first optimizer steps that train only the fake score (and GAN head) before any student update"))
     rollout: bool = attrs.field(default=False, validator=_dmd_only, metadata=_help(
@@ -170,6 +175,7 @@ class DistillSteps(Pass):
             fake_lr=cfg.fake_lr if cfg.fake_lr is not None else defaults["fake_lr"],
             fake_updates_per_student=cfg.fake_updates_per_student, teacher_loss_weight=cfg.teacher_loss_weight,
             gan_weight=cfg.gan_weight, disc_lr=cfg.disc_lr, gan_stages=cfg.gan_stages,
+            gan_features=cfg.gan_features or "fake",
             critic_warmup=cfg.critic_warmup, rollout=cfg.rollout,
             teacher_guidance_scale=cfg.teacher_guidance_scale,
             teacher_video_guidance_scale=cfg.teacher_video_guidance_scale, teacher_steps=cfg.teacher_steps,

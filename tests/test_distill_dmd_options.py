@@ -22,7 +22,7 @@ from neoc.testing import toy_pipeline
 FAST = dict(steps=4, data_videos=2, batch_size=2, guard_every=2, guard_videos=1, quality_videos=0)
 
 
-def _objective(gan_weight: float = 1.0, gan_stages=None):
+def _objective(gan_weight: float = 1.0, gan_stages=None, gan_features: str = "fake"):
     torch.manual_seed(0)
     pipe = toy_pipeline(frames=9)
     schedule = student_schedule(pipe.schedule, "1-1-1")
@@ -31,15 +31,17 @@ def _objective(gan_weight: float = 1.0, gan_stages=None):
     for p in [*student.parameters(), *fake.parameters()]:
         p.requires_grad_(True)
     objective = PyramidalDMD(student, fake, freeze(copy.deepcopy(denoiser)), teacher_guidance(pipe.schedule),
-                             schedule.num_stages, schedule.gamma, gan_weight=gan_weight, gan_stages=gan_stages)
+                             schedule.num_stages, schedule.gamma, gan_weight=gan_weight, gan_stages=gan_stages,
+                             gan_features=gan_features)
     data = dd.teacher_data(pipe, 2, 0)
     batch = dd.make_batch(data, torch.Generator().manual_seed(3), 2, schedule.video_steps, True,
                           schedule.num_stages, schedule.gamma, first_frame_prob=0.0)
     return objective, batch
 
 
-def test_generator_gradient_is_the_chain_rule_and_spares_fake_and_head():
-    objective, batch = _objective()
+@pytest.mark.parametrize("features", ["fake", "teacher"])
+def test_generator_gradient_is_the_chain_rule_and_spares_fake_and_head(features):
+    objective, batch = _objective(gan_features=features)
     stage = 1
     spec = objective.specs[stage]
     clips, noise, tau = batch.clips[stage], batch.noise_dmd[stage], batch.tau_dmd[stage]
@@ -49,12 +51,13 @@ def test_generator_gradient_is_the_chain_rule_and_spares_fake_and_head():
     # what the objective does: d loss / d z_tau with the fake and the head held out, then the linear path back
     z_tau = interpolate(*renoise(z_hat.detach(), noise, spec), tau)
     _, grad_tau, _ = objective._generator_grad(clips, z_tau, t, batch.text)
-    assert all(p.grad is None for p in [*objective.fake.parameters(), *objective.discriminator.parameters()])
+    assert all(p.grad is None for p in [*objective.fake.parameters(), *objective.discriminator.parameters(),
+                                        *objective.teacher.parameters()])
     term = (interpolate(*renoise(z_hat, noise, spec), tau) * grad_tau).sum()
     (via_objective,) = torch.autograd.grad(term, z_hat)
 
     # the same loss differentiated end to end
-    _, logits = objective._fake_with_logits(clips, interpolate(*renoise(z_hat, noise, spec), tau), t, batch.text)
+    _, logits = objective._with_logits(clips, interpolate(*renoise(z_hat, noise, spec), tau), t, batch.text)
     loss = F.softplus(-logits).mean()
     (direct,) = torch.autograd.grad(loss, z_hat)
     assert direct.abs().max() > 0
@@ -72,6 +75,32 @@ def test_fake_only_steps_train_the_head_and_report_the_gan_losses():
     optimizer = torch.optim.SGD(objective.discriminator.parameters(), lr=0.1)
     optimizer.step()
     assert any(not torch.equal(a, b) for a, b in zip(before, objective.discriminator.parameters()))
+
+
+@pytest.mark.parametrize("features, trunk_learns", [("fake", True), ("teacher", False)])
+def test_discriminator_loss_reaches_the_trunk_only_for_fake_features(features, trunk_learns):
+    """With the frozen teacher's tokens only the head learns to discriminate; with the fake score's, its trunk too."""
+    objective, batch = _objective(gan_features=features)
+    stage = 2
+    spec, tau = objective.specs[stage], batch.tau_fake[stage]
+    x_fake = interpolate(*renoise(batch.clean[stage] + 0.5, batch.noise_fake[stage], spec), tau)
+    x_real = interpolate(*renoise(batch.clean[stage], batch.noise_fake[stage], spec), tau)
+    v_fake, disc_loss = objective._disc_fake_flow(batch.clips[stage], x_fake, x_real, timestep_for(tau, spec),
+                                                  batch.text)
+    assert v_fake.shape == x_fake.shape
+    disc_loss.backward()
+    assert all(p.grad is not None for p in objective.discriminator.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in objective.fake.parameters()) == trunk_learns
+    assert all(p.grad is None for p in objective.teacher.parameters())
+
+
+def test_gan_features_reach_the_objective_through_the_pass(tmp_path):
+    students = {}
+    for features in ("fake", "teacher"):
+        result = apply_pass(toy_pipeline(frames=9), "distill-steps", tmp_path / features, gan_weight=5.0,
+                            gan_features=features, **FAST)
+        students[features] = result.pipeline.component("denoiser").state_dict()
+    assert any(not torch.allclose(students["fake"][k], students["teacher"][k]) for k in students["fake"])
 
 
 def test_teacher_guidance_override_reaches_the_objective_and_the_report(tmp_path):
@@ -100,13 +129,13 @@ def test_gan_term_reads_only_its_stages(stages, expected):
     objective, batch = _objective(gan_stages=stages)
     batch.student_step = False
     seen = []
-    original = objective._fake_with_logits
+    original = objective._with_logits
 
     def record(clips, x, t, text):
         seen.append(next(i for i, start in enumerate(batch.start) if x.shape[-1] == start.shape[-1]))  # by size
         return original(clips, x, t, text)
 
-    objective._fake_with_logits = record
+    objective._with_logits = record
     objective(batch)
     assert seen == expected
     batch.student_step = True
@@ -145,7 +174,8 @@ def test_critic_warmup_holds_the_student_back(tmp_path, monkeypatch):
                                                ({"critic_warmup": 300, "steps": 300}, "no student update"),
                                                ({"critic_warmup": 10, "method": "adversarial"}, "method 'dmd'"),
                                                ({"gan_weight": 0.5, "method": "progressive"}, "method 'dmd'"),
-                                               ({"teacher_video_guidance_scale": 0.5}, ">= 1")])
+                                               ({"teacher_video_guidance_scale": 0.5}, ">= 1"),
+                                               ({"gan_features": "vgg"}, "fake, teacher")])
 def test_bad_gan_settings_are_refused(settings, message):
     with pytest.raises(InputError, match=message):
         DistillSettings(**settings)
@@ -195,6 +225,8 @@ def test_recipe_errors_name_the_field():
     for entry, message in [({"method": "progressive", "gan_weight": 0.5}, "applies to method 'dmd'"),
                            ({"teacher_guidance_scale": 0.5}, "must be >= 1.0"),
                            ({"gan_stages": [2]}, "set gan_weight > 0"),
+                           ({"gan_features": "teacher"}, "set gan_weight > 0"),
+                           ({"gan_weight": 1.0, "gan_features": "vgg"}, "'fake' | 'teacher'"),
                            ({"method": "progressive", "critic_warmup": 5}, "applies to method 'dmd'")]:
         with pytest.raises(InputError, match=message):
             build_config(config_cls, entry, "distill-steps")

@@ -26,6 +26,10 @@ Per stage ``i`` of the latent frame being trained:
   sees real clips of the prompt, it could move the student towards the data where the teacher misses it (DMD2
   §4.3). ``gan_stages`` picks the stages it reads, by default the last: at the coarser stages the renoised samples
   keep >= 33% noise even at ``tau`` = 0 and a head cannot tell data from student there (``docs/distill-table.md``).
+  ``gan_features="teacher"`` puts the head on the *frozen teacher's* last-block tokens instead (the features the
+  issue's adversarial method reads): the head then sees a fixed feature space rather than one the fake score's
+  training moves under it, costs one more teacher call with input gradient per student update, and only the
+  head learns the discriminator loss.
 * optional **rollout** (``rollout_steps`` set; off by default, DMD2's backward simulation, not the paper's): the
   student's input at each stage is the state of its own sampler run (pure noise, the student's Euler steps, the
   sampler's stage jumps with the batch's ``noise_jump``) instead of the data's noise path, so fake score, DMD and
@@ -95,6 +99,9 @@ def cauchy_loss(z_hat: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.log1p(((z_hat.float() - target.float()) ** 2).mean(dim=dims)).mean()
 
 
+GAN_FEATURES = ("fake", "teacher")
+
+
 def gan_stage_set(stages: tuple[int, ...] | None, num_stages: int) -> frozenset[int]:
     """The pyramid stages that carry the GAN term (``None``: the last, full-resolution stage only)."""
     if stages is None:
@@ -119,7 +126,7 @@ class PyramidalDMD(nn.Module):
     def __init__(self, student: nn.Module, fake: nn.Module, teacher: nn.Module, guidance: tuple[float, float],
                  num_stages: int = 3, gamma: float = 1.0 / 3.0, teacher_loss_weight: float = 0.5,
                  gan_weight: float = 0.0, gan_stages: tuple[int, ...] | None = None,
-                 rollout_steps: tuple[int, ...] | None = None):
+                 rollout_steps: tuple[int, ...] | None = None, gan_features: str = "fake"):
         super().__init__()
         self.student = student
         self.fake = fake
@@ -134,24 +141,47 @@ class PyramidalDMD(nn.Module):
         if self.rollout_steps is not None and len(self.rollout_steps) != num_stages:
             raise InputError(f"rollout_steps {list(self.rollout_steps)}: expected one step count per stage "
                              f"({num_stages})")
+        if gan_features not in GAN_FEATURES:
+            raise InputError(f"gan_features {gan_features!r}: expected one of {', '.join(GAN_FEATURES)}")
+        self.gan_features = gan_features
         if self.gan_weight > 0:
-            tokens = CurrentTokens(fake)  # last-block tokens of the (trained) fake score
+            # last-block tokens of the (trained) fake score, or of the frozen teacher
+            tokens = CurrentTokens(fake if gan_features == "fake" else teacher)
             self._tokens = (tokens,)
             self.discriminator = mlp_discriminator(tokens.dim)
 
-    def _fake_with_logits(self, clips, x, t, text) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fake-score flow and the discriminator's logit per sample (token logits averaged), one call."""
+    def _with_logits(self, clips, x, t, text) -> tuple[torch.Tensor, torch.Tensor]:
+        """The feature model's prediction (fake flow, or the teacher's conditional flow) and the discriminator's
+        logit per sample (token logits averaged), one call."""
         out, tokens = self._tokens[0](clips, x, t, text)
         return out, self.discriminator(tokens).squeeze(-1).mean(dim=1)
 
+    def _disc_fake_flow(self, clips, x_fake, x_real, t, text) -> tuple[torch.Tensor, torch.Tensor]:
+        """(fake flow at ``x_fake``, the discriminator's loss on ``x_real`` vs ``x_fake``)."""
+        if self.gan_features == "fake":  # one fake call serves the flow-matching loss and the head
+            v_fake, logits_fake = self._with_logits(clips, x_fake, t, text)
+            _, logits_real = self._with_logits(clips, x_real, t, text)
+        else:  # the teacher is frozen: only the head learns, its tokens need no graph
+            v_fake = predict(self.fake, clips, x_fake, t, text)
+            with torch.no_grad():
+                tokens = [self._tokens[0](clips, x, t, text)[1] for x in (x_fake, x_real)]
+            logits_fake, logits_real = (self.discriminator(k).squeeze(-1).mean(dim=1) for k in tokens)
+        return v_fake, F.softplus(-logits_real).mean() + F.softplus(logits_fake).mean()
+
     def _generator_grad(self, clips, z_tau: torch.Tensor, t, text) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(fake flow, d mean(softplus(-D(z_tau))) / d z_tau, that loss); no gradient reaches fake or head."""
+        """(fake flow, d mean(softplus(-D(z_tau))) / d z_tau, that loss); no gradient reaches fake, teacher or
+        head."""
         leaf = z_tau.detach().requires_grad_(True)
         with torch.enable_grad():
-            v_fake, logits = self._fake_with_logits(clips, leaf, t, text)
+            out, logits = self._with_logits(clips, leaf, t, text)
             loss = F.softplus(-logits).mean()
             (grad,) = torch.autograd.grad(loss, leaf)
-        return v_fake.detach(), torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0), loss.detach()
+        if self.gan_features == "fake":
+            v_fake = out.detach()
+        else:
+            with torch.no_grad():
+                v_fake = predict(self.fake, clips, z_tau, t, text)
+        return v_fake, torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0), loss.detach()
 
     @property
     def teacher(self) -> nn.Module:
@@ -213,11 +243,10 @@ class PyramidalDMD(nn.Module):
             tau = batch.tau_fake[stage]
             t_fake = timestep_for(tau, spec)
             if stage_gan:
-                v_fake, logits_fake = self._fake_with_logits(clips, interpolate(y_start, y_end, tau), t_fake,
-                                                             batch.text)
                 r_start, r_end = renoise(batch.clean[stage], batch.noise_fake[stage], spec)
-                _, logits_real = self._fake_with_logits(clips, interpolate(r_start, r_end, tau), t_fake, batch.text)
-                disc_losses.append(F.softplus(-logits_real).mean() + F.softplus(logits_fake).mean())
+                v_fake, disc_loss = self._disc_fake_flow(clips, interpolate(y_start, y_end, tau),
+                                                         interpolate(r_start, r_end, tau), t_fake, batch.text)
+                disc_losses.append(disc_loss)
             else:
                 v_fake = predict(self.fake, clips, interpolate(y_start, y_end, tau), t_fake, batch.text)
             fake_losses.append(F.mse_loss(v_fake, y_start - y_end))

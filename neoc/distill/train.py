@@ -71,6 +71,7 @@ class DistillSettings:
     gan_weight: float = 0.0               # dmd: DMD2-style GAN on data latents (0: off, the paper's objective)
     disc_lr: float | None = None          # discriminator head lr (dmd GAN term, adversarial); None: fake_lr
     gan_stages: tuple[int, ...] | None = None  # dmd GAN term's pyramid stages; None: the last (full resolution)
+    gan_features: str = "fake"            # dmd GAN head reads the fake score's tokens, or the frozen teacher's
     critic_warmup: int = 0                # dmd: first optimiser steps train only fake score (+ GAN head)
     rollout: bool = False                 # dmd: student inputs from its own sampler run, not the data path
     teacher_guidance_scale: float | None = None        # the teacher's CFG, first frame / later frames;
@@ -108,6 +109,10 @@ class DistillSettings:
             raise InputError(f"critic_warmup applies to method 'dmd' (its fake score), not {self.method!r}")
         if self.method == "dmd" and self.critic_warmup >= self.steps:
             raise InputError(f"critic_warmup {self.critic_warmup} leaves no student update in {self.steps} steps")
+        from neoc.distill.dmd import GAN_FEATURES
+
+        if self.gan_features not in GAN_FEATURES:
+            raise InputError(f"gan_features {self.gan_features!r}: expected one of {', '.join(GAN_FEATURES)}")
         if self.gan_weight > 0 and self.method != "dmd":
             raise InputError(f"gan_weight applies to method 'dmd' (the 'adversarial' method has its own GAN), "
                              f"not {self.method!r}")
@@ -193,7 +198,7 @@ def distill(pipe, settings: DistillSettings, out_dir: str | Path | None, resume:
             p.requires_grad_(True)
         objective = PyramidalDMD(student, fake, teacher, guidance, schedule.num_stages, schedule.gamma,
                                  settings.teacher_loss_weight, settings.gan_weight, settings.gan_stages,
-                                 tuple(steps) if settings.rollout else None)
+                                 tuple(steps) if settings.rollout else None, settings.gan_features)
         ratio = settings.fake_updates_per_student
     elif settings.method == "adversarial":
         objective = PyramidalAdversarial(student, teacher, guidance, schedule.num_stages, schedule.gamma,
