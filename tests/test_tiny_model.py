@@ -108,7 +108,7 @@ def test_build_settings_overrides_keep_types_and_reject_unknown_keys(monkeypatch
     assert cfg["cfg_grid"] == [[3, 2]] and FULL["den_steps"] != 7900  # the module's settings are untouched
     assert settings(False, ["den_t_sampling=logit_normal"])["den_t_sampling"] == "logit_normal"
     for bad in ("den_step=10", "den_steps", "den_steps=1.5", "den_steps=lots", "den_t_sampling=cosine",
-                "den_logit_std=0"):
+                "den_logit_std=0", "den_init=imagenet"):
         with pytest.raises(InputError, match="--set"):
             settings(False, [bad])
     with pytest.raises(SystemExit):  # the CLI reports it as a usage error before any stage runs
@@ -207,3 +207,24 @@ def test_vae_batches_carry_object_masks_when_asked():
     assert frames.shape == (2, 3, 9, TINY_SIZE, TINY_SIZE)
     batches.cfg = {**cfg, "vae_fg_weight": 0.0}
     assert "pixel_weight" not in batches(Ctx())
+
+
+def test_denoiser_warm_start_loads_the_shipped_roles_and_checks_the_latent_space(tmp_path):
+    from neoc.errors import InputError
+    from neoc.zoo import build_tiny as bt
+    from neoc.zoo.builtin import build, tiny_metadata
+
+    shipped = build("builtin:pyramid-tiny")
+    fresh = bt.fresh_pipeline()
+    components = {r: fresh.components[r] for r in bt.DENOISER_ROLES}
+    bt.init_denoiser_roles(components, "dit")
+    assert not components["denoiser"].proj_out.weight.detach().any()  # DiT init: a zero output projection
+    (tmp_path / "measure.json").write_text(json.dumps({"latent_norm": tiny_metadata()["latent_norm"]}))
+    bt.init_denoiser_roles(components, "shipped", tmp_path)
+    for role in bt.DENOISER_ROLES:
+        ours, theirs = components[role].state_dict(), shipped.components[role].state_dict()
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    norm = tiny_metadata()["latent_norm"]
+    (tmp_path / "measure.json").write_text(json.dumps({"latent_norm": [norm[0] + 0.5, *norm[1:]]}))
+    with pytest.raises(InputError, match="differs from the shipped"):
+        bt.init_denoiser_roles(components, "shipped", tmp_path)

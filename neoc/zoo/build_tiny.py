@@ -73,7 +73,7 @@ FULL = {
     "dec_frames": 49, "dec_batch": 2,
     "den_steps": 2400, "den_batch": 16, "den_lr": 5e-4, "den_warmup": 40, "den_ema": 0.99, "den_first_frame_prob": 0.35,
     "den_checkpoint_every": 25, "den_prefetch": 0,
-    "den_t_sampling": "uniform", "den_logit_mean": 0.0, "den_logit_std": 1.0,
+    "den_t_sampling": "uniform", "den_logit_mean": 0.0, "den_logit_std": 1.0, "den_init": "dit",
     "cfg_grid": [[2.0, 1.5], [3.0, 2.0], [5.0, 3.0], [7.0, 5.0]], "cfg_prompts": 8,
     "taehv_steps": 3000, "taehv_lr": 1e-3, "taehv_batch": 2, "taehv_pool": 512, "taehv_warmup": 100,
 }
@@ -115,6 +115,8 @@ def settings(fast: bool, overrides: list[str] | tuple[str, ...] = ()) -> dict:
         cfg[key] = value
     from neoc.train.flow_matching import sample_grid_index
 
+    if cfg["den_init"] not in DENOISER_INITS:
+        raise InputError(f"--set den_init={cfg['den_init']!r}: expected one of {', '.join(DENOISER_INITS)}")
     try:
         sample_grid_index(1, torch.Generator(), cfg["den_t_sampling"], cfg["den_logit_mean"], cfg["den_logit_std"])
     except InputError as exc:
@@ -476,6 +478,31 @@ def dit_init(denoiser: torch.nn.Module) -> None:
     torch.nn.init.zeros_(denoiser.proj_out.bias)
 
 
+DENOISER_INITS = ("dit", "shipped")
+
+
+def init_denoiser_roles(components: dict[str, torch.nn.Module], how: str, out: Path | None = None) -> None:
+    """``dit``: train from scratch (:func:`dit_init`); ``shipped``: warm-start every denoiser-side role from the
+    package's weights (so device sessions with a wall budget add up). A warm start needs the build's latent
+    normalisation (``measure.json``) to match the shipped one: the denoiser learned that latent space."""
+    if how == "dit":
+        dit_init(components["denoiser"])
+        return
+    if how != "shipped":
+        raise InputError(f"den_init {how!r}: expected one of {', '.join(DENOISER_INITS)}")
+    from neoc.zoo.builtin import build, tiny_metadata
+
+    shipped = build("builtin:pyramid-tiny")  # a clear error when the package's weights are missing
+    shipped_norm = tiny_metadata()["latent_norm"]
+    if out is not None and (out / "measure.json").is_file():
+        norm = json.loads((out / "measure.json").read_text())["latent_norm"]
+        if any(abs(a - b) > 1e-3 * max(1.0, abs(b)) for a, b in zip(norm, shipped_norm)):
+            raise InputError(f"den_init=shipped: {out / 'measure.json'} latent_norm {norm} differs from the shipped "
+                             f"{shipped_norm}; encode with the package's VAE and the shipped norm_videos")
+    for role in DENOISER_ROLES:
+        components[role].load_state_dict(shipped.components[role].state_dict(), strict=True)
+
+
 def stage_denoiser(out: Path, cfg: dict) -> dict:
     from safetensors.torch import save_file
 
@@ -484,7 +511,7 @@ def stage_denoiser(out: Path, cfg: dict) -> dict:
 
     pipe = fresh_pipeline(SEED + 1)
     components = {r: pipe.components[r] for r in DENOISER_ROLES}
-    dit_init(components["denoiser"])
+    init_denoiser_roles(components, cfg["den_init"], out)  # a resumed run then loads its checkpoint over this
     objective = PyramidFlowObjective(**components)
     optimizer = torch.optim.AdamW(objective.parameters(), lr=cfg["den_lr"], weight_decay=0.01)
     trainer = Trainer(objective, optimizer, warmup_constant(cfg["den_warmup"]),
