@@ -108,7 +108,7 @@ def test_build_settings_overrides_keep_types_and_reject_unknown_keys(monkeypatch
     assert cfg["cfg_grid"] == [[3, 2]] and FULL["den_steps"] != 7900  # the module's settings are untouched
     assert settings(False, ["den_t_sampling=logit_normal"])["den_t_sampling"] == "logit_normal"
     for bad in ("den_step=10", "den_steps", "den_steps=1.5", "den_steps=lots", "den_t_sampling=cosine",
-                "den_logit_std=0", "den_init=imagenet"):
+                "den_logit_std=0", "den_init=imagenet", "encode_dtype=fp16"):
         with pytest.raises(InputError, match="--set"):
             settings(False, [bad])
     with pytest.raises(SystemExit):  # the CLI reports it as a usage error before any stage runs
@@ -228,3 +228,22 @@ def test_denoiser_warm_start_loads_the_shipped_roles_and_checks_the_latent_space
     (tmp_path / "measure.json").write_text(json.dumps({"latent_norm": [norm[0] + 0.5, *norm[1:]]}))
     with pytest.raises(InputError, match="differs from the shipped"):
         bt.init_denoiser_roles(components, "shipped", tmp_path)
+
+
+def test_encode_dtype_fp32_skips_autocast_and_bf16_on_avx2_gets_a_hint(monkeypatch):
+    from neoc.errors import InputError
+    from neoc.zoo import build_tiny as bt
+
+    encoder = bt.fresh_pipeline().components["vae_encoder"].eval()
+    frames = torch.rand(1, 3, 9, 16, 16) * 2 - 1
+    with torch.no_grad():
+        plain = encoder.quant_conv(encoder.encoder(frames)).chunk(2, dim=1)[0]
+    fp32, bf16 = bt.encode_raw(encoder, frames, "fp32"), bt.encode_raw(encoder, frames, "bf16")
+    assert torch.allclose(fp32, plain, atol=1e-6) and fp32.dtype == bf16.dtype == torch.float32
+    assert not torch.equal(fp32, bf16) and torch.allclose(fp32, bf16, atol=0.05 * float(plain.abs().max()))
+    with pytest.raises(InputError, match="fp16"):
+        bt.encode_raw(encoder, frames, "fp16")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert "encode_dtype=fp32" in bt.slow_bf16_warning("bf16") and bt.slow_bf16_warning("fp32") is None
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert bt.slow_bf16_warning("bf16") is None

@@ -66,7 +66,7 @@ FULL = {
     "vae2_batch": 4, "vae2_real_prob": 0.05, "vae2_image_prob": 0.05,
     "vae3_steps": 400, "vae3_schedule_steps": 400, "vae3_lr": 5e-4, "vae3_batch": 4, "vae3_frames": 17,
     "vae3_real_prob": 0.05, "vae3_image_prob": 0.1, "vae3_fg_weight": 20.0, "vae3_lowres_weight": 4.0,
-    "encode_videos": 800, "encode_images": 3200,
+    "encode_videos": 800, "encode_images": 3200, "encode_dtype": "bf16",
     "norm_videos": 400,
     "psnr_toy_videos": 8, "psnr_real_windows": 2,
     "dec_steps": 250, "dec_lr": 3e-4, "dec_ema": 0.98, "dec_temporal_weight": 10.0, "dec_image_prob": 0.0,
@@ -115,6 +115,8 @@ def settings(fast: bool, overrides: list[str] | tuple[str, ...] = ()) -> dict:
         cfg[key] = value
     from neoc.train.flow_matching import sample_grid_index
 
+    if cfg["encode_dtype"] not in ENCODE_DTYPES:
+        raise InputError(f"--set encode_dtype={cfg['encode_dtype']!r}: expected one of {', '.join(ENCODE_DTYPES)}")
     if cfg["den_init"] not in DENOISER_INITS:
         raise InputError(f"--set den_init={cfg['den_init']!r}: expected one of {', '.join(DENOISER_INITS)}")
     try:
@@ -332,13 +334,35 @@ def _scene(d: dict):
     return ToyScene(**d)
 
 
+ENCODE_DTYPES = ("bf16", "fp32")
+
+
 @torch.no_grad()
-def encode_raw(encoder, frames: torch.Tensor) -> torch.Tensor:
-    """Un-normalised posterior mode [B, 16, T', h, w] of frames [B, 3, F, H, W] (bf16 autocast, as trained)."""
+def encode_raw(encoder, frames: torch.Tensor, dtype: str = "bf16") -> torch.Tensor:
+    """Un-normalised posterior mode [B, 16, T', h, w] of frames [B, 3, F, H, W].
+
+    ``bf16``: CPU bf16 autocast, how the shipped latent sets were encoded (the default, so a rebuild reproduces
+    them); ``fp32``: no autocast. The two differ by ~0.5 % (relative L2 on a toy clip; latent std equal to 3e-4), but
+    on a CPU without native bf16 (AVX2 only) bf16 convolutions are ~29x slower (a 49-frame 64x64 clip: 16.9 s vs
+    0.59 s, 1 thread, AMD EPYC AVX2)."""
+    if dtype not in ENCODE_DTYPES:
+        raise InputError(f"encode dtype {dtype!r}: expected one of {', '.join(ENCODE_DTYPES)}")
     frames = frames.contiguous(memory_format=torch.channels_last_3d)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
         moments = encoder.quant_conv(encoder.encoder(frames))
     return moments.float().chunk(2, dim=1)[0].contiguous()
+
+
+def slow_bf16_warning(dtype: str) -> str | None:
+    """A hint when bf16 encoding runs on a CPU that torch reports as AVX2 or less (no bf16 vector unit; AVX512
+    parts without the bf16 extension may be slow too, and get no hint)."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    if dtype == "bf16" and capability in ("DEFAULT", "NO AVX", "AVX2"):
+        return (f"[build_tiny] encode: bf16 autocast on a {capability} CPU (measured ~29x slower than fp32 on an "
+                f"AVX2 EPYC); "
+                f"--set encode_dtype=fp32 encodes fast (latents differ by ~0.5 %, not bit-identical to the shipped "
+                f"build's)")
+    return None
 
 
 def stage_encode(out: Path, cfg: dict) -> dict:
@@ -350,6 +374,9 @@ def stage_encode(out: Path, cfg: dict) -> dict:
 
     info = init_distributed("cpu")
     rank, world = info.rank, info.world_size
+    warning = slow_bf16_warning(cfg["encode_dtype"])
+    if warning and rank == 0:
+        print(warning, flush=True)
     pipe = load_trained_vae(out)
     encoder = pipe.components["vae_encoder"].eval()
     encoder.to(memory_format=torch.channels_last_3d)
@@ -360,7 +387,7 @@ def stage_encode(out: Path, cfg: dict) -> dict:
     video_latents, video_meta = [], []
     for i in video_ids:
         frames, text, scene = videos[i]
-        video_latents.append(encode_raw(encoder, frames[None])[0])
+        video_latents.append(encode_raw(encoder, frames[None], cfg["encode_dtype"])[0])
         video_meta.append({"caption": text, "scene": _scene_dict(scene)})
     images = ToyWorldDataset("train", size=cfg["encode_images"], seed=SEED + 20)
     image_ids = list(range(rank, len(images), world))
@@ -369,7 +396,7 @@ def stage_encode(out: Path, cfg: dict) -> dict:
         ids = image_ids[chunk:chunk + 16]
         scenes = [images.scene_and_caption(i) for i in ids]
         frames = torch.stack([render_float(scene, 1, TINY_SIZE) for scene, _ in scenes])  # [b, 3, 1, 64, 64]
-        image_latents.append(encode_raw(encoder, frames))
+        image_latents.append(encode_raw(encoder, frames, cfg["encode_dtype"]))
         image_meta += [{"caption": text, "scene": _scene_dict(scene)} for scene, text in scenes]
     encode_seconds = time.time() - start
     tensors = {"video_latents": torch.stack(video_latents) if video_latents else torch.zeros(0, 16, 7, TINY_SIZE // 8, TINY_SIZE // 8),
