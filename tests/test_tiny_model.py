@@ -247,3 +247,53 @@ def test_encode_dtype_fp32_skips_autocast_and_bf16_on_avx2_gets_a_hint(monkeypat
     assert "encode_dtype=fp32" in bt.slow_bf16_warning("bf16") and bt.slow_bf16_warning("fp32") is None
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     assert bt.slow_bf16_warning("bf16") is None
+
+
+def _write_shards(folder, videos, images, world):
+    from safetensors.torch import save_file
+
+    (folder / "encode").mkdir(parents=True)
+    for rank in range(world):
+        save_file({"video_latents": videos[rank::world].contiguous(), "image_latents": images[rank::world].contiguous()},
+                  str(folder / "encode" / f"shard-{rank}.safetensors"))
+        (folder / "encode" / f"shard-{rank}.json").write_text(json.dumps(
+            {"videos": [{"caption": f"v{i}"} for i in range(rank, len(videos), world)],
+             "images": [{"caption": f"i{i}"} for i in range(rank, len(images), world)], "encode_seconds": 1.0}))
+
+
+def test_measure_is_independent_of_the_encode_process_count(tmp_path):
+    from safetensors.torch import load_file
+
+    from neoc.errors import InputError
+    from neoc.zoo.build_tiny import settings, stage_measure
+
+    gen = torch.Generator().manual_seed(0)
+    videos = torch.randn(12, 4, 3, 2, 2, generator=gen) * torch.arange(1, 13).view(12, 1, 1, 1, 1)  # distinct stds
+    images = torch.randn(10, 4, 1, 2, 2, generator=gen)
+    cfg = {**settings(False), "norm_videos": 5}
+    results = {}
+    for world in (1, 2, 3, 11):
+        folder = tmp_path / f"w{world}"
+        _write_shards(folder, videos, images, world)
+        norm = stage_measure(folder, cfg)["latent_norm"]
+        latents = load_file(str(folder / "latents.safetensors"))
+        meta = json.loads((folder / "latents.json").read_text())
+        results[world] = (norm, latents["video_latents"], [m["caption"] for m in meta["videos"]])
+    for world in (2, 3, 11):
+        assert results[world][0] == results[1][0] and torch.equal(results[world][1], results[1][1])
+        assert results[world][2] == [f"v{i}" for i in range(12)]
+    (tmp_path / "w2" / "encode" / "shard-5.safetensors").write_bytes(b"")  # a stale shard of another run
+    with pytest.raises(InputError, match="not one encode run"):
+        stage_measure(tmp_path / "w2", cfg)
+
+
+def test_warm_start_keeps_the_shipped_latent_normalisation():
+    from neoc.errors import InputError
+    from neoc.zoo.build_tiny import shipped_norm_for_warm_start
+    from neoc.zoo.builtin import tiny_metadata
+
+    shipped = tiny_metadata()["latent_norm"]
+    measured = [shipped[0] + 1e-3, shipped[1] * 1.001, shipped[2] - 1e-3, shipped[3] * 1.014]  # this CPU's fp32 set
+    assert shipped_norm_for_warm_start(measured) == shipped
+    with pytest.raises(InputError, match="video scale"):
+        shipped_norm_for_warm_start([*measured[:3], shipped[3] * 1.3])

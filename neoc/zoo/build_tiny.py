@@ -416,14 +416,35 @@ def latent_norm_constants(video_latents: torch.Tensor, image_latents: torch.Tens
     return [float(first.mean()), float(1.0 / first.std()), float(rest.mean()), float(1.0 / rest.std())]
 
 
+def shipped_norm_for_warm_start(measured: list[float], tolerance: float = 0.05) -> list[float]:
+    """The shipped latent normalisation, which a warm-started denoiser (``den_init=shipped``) learned, after
+    checking the build's own measurement agrees with it (scales within ``tolerance``: another VAE would not)."""
+    from neoc.zoo.builtin import tiny_metadata
+
+    shipped = tiny_metadata().get("latent_norm")
+    if shipped is None:
+        raise InputError("den_init=shipped: the package has no shipped latent normalisation (pyramid-tiny.json)")
+    for name, index in (("image", 1), ("video", 3)):
+        if abs(measured[index] / shipped[index] - 1.0) > tolerance:
+            raise InputError(f"den_init=shipped: the encoded set's {name} scale {measured[index]:.4f} is not the "
+                             f"shipped {shipped[index]:.4f} (within {tolerance:.0%}); was it encoded with the "
+                             f"package's VAE?")
+    return list(shipped)
+
+
 def stage_measure(out: Path, cfg: dict) -> dict:
     from safetensors.torch import load_file, save_file
 
     from neoc.models.latent_norm import LatentNorm
 
-    shards = sorted((out / "encode").glob("shard-*.safetensors"))
+    shards = sorted((out / "encode").glob("shard-*.safetensors"), key=lambda f: int(f.stem.split("-")[1]))
+    world = len(shards)
+    if [int(f.stem.split("-")[1]) for f in shards] != list(range(world)):
+        raise InputError(f"{out / 'encode'}: shards {[f.stem for f in shards]} are not one encode run's "
+                         f"shard-0 .. shard-{world - 1}; delete the folder and its .encode.done.json and re-encode")
     videos, images, video_meta, image_meta, encode_seconds = [], [], [], [], []
-    for shard in shards:
+    video_ids, image_ids = [], []
+    for rank, shard in enumerate(shards):
         tensors = load_file(str(shard))
         meta = json.loads(shard.with_suffix(".json").read_text())
         videos.append(tensors["video_latents"])
@@ -431,14 +452,23 @@ def stage_measure(out: Path, cfg: dict) -> dict:
         video_meta += meta["videos"]
         image_meta += meta["images"]
         encode_seconds.append(meta["encode_seconds"])
-    video_latents, image_latents = torch.cat(videos), torch.cat(images)
-    norm_values = latent_norm_constants(video_latents[:cfg["norm_videos"]], image_latents)
+        video_ids += range(rank, rank + world * len(meta["videos"]), world)  # rank r encoded items r, r + world, ..
+        image_ids += range(rank, rank + world * len(meta["images"]), world)
+    # dataset order, whatever the number of encode processes: the norm's first norm_videos and the training set
+    # are then the same for --procs 2 and 14
+    video_order = sorted(range(len(video_ids)), key=video_ids.__getitem__)
+    image_order = sorted(range(len(image_ids)), key=image_ids.__getitem__)
+    video_latents, image_latents = torch.cat(videos)[video_order], torch.cat(images)[image_order]
+    video_meta, image_meta = [video_meta[i] for i in video_order], [image_meta[i] for i in image_order]
+    measured = latent_norm_constants(video_latents[:cfg["norm_videos"]], image_latents)
+    norm_values = shipped_norm_for_warm_start(measured) if cfg["den_init"] == "shipped" else measured
     norm = LatentNorm(*norm_values)
     save_file({"video_latents": norm.normalize(video_latents).contiguous(),
                "image_latents": ((image_latents - norm.image_shift) * norm.image_scale).contiguous()},
               str(out / "latents.safetensors"))
     (out / "latents.json").write_text(json.dumps({"videos": video_meta, "images": image_meta}))
-    summary = {"latent_norm": norm_values, "videos": len(video_meta), "images": len(image_meta),
+    summary = {"latent_norm": norm_values, "latent_norm_measured": measured, "videos": len(video_meta),
+               "images": len(image_meta),
                "encode_seconds_per_rank": encode_seconds}
     (out / "measure.json").write_text(json.dumps(summary, indent=1))
     print(f"[measure] {json.dumps(summary)}", flush=True)
@@ -511,7 +541,8 @@ DENOISER_INITS = ("dit", "shipped")
 def init_denoiser_roles(components: dict[str, torch.nn.Module], how: str, out: Path | None = None) -> None:
     """``dit``: train from scratch (:func:`dit_init`); ``shipped``: warm-start every denoiser-side role from the
     package's weights (so device sessions with a wall budget add up). A warm start needs the build's latent
-    normalisation (``measure.json``) to match the shipped one: the denoiser learned that latent space."""
+    normalisation (``measure.json``) to be the shipped one, which the measure stage then writes
+    (:func:`shipped_norm_for_warm_start`): the denoiser learned that latent space."""
     if how == "dit":
         dit_init(components["denoiser"])
         return
@@ -525,7 +556,7 @@ def init_denoiser_roles(components: dict[str, torch.nn.Module], how: str, out: P
         norm = json.loads((out / "measure.json").read_text())["latent_norm"]
         if any(abs(a - b) > 1e-3 * max(1.0, abs(b)) for a, b in zip(norm, shipped_norm)):
             raise InputError(f"den_init=shipped: {out / 'measure.json'} latent_norm {norm} differs from the shipped "
-                             f"{shipped_norm}; encode with the package's VAE and the shipped norm_videos")
+                             f"{shipped_norm}; re-run the measure stage with --set den_init=shipped")
     for role in DENOISER_ROLES:
         components[role].load_state_dict(shipped.components[role].state_dict(), strict=True)
 
