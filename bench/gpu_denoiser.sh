@@ -13,8 +13,8 @@
 #    (the device tool's return folder) when OUT_DIR_RETURN is set.
 # The --set items go to every stage; record them with the write stage that ships the result.
 # --set den_init=shipped warm-starts the denoiser-side roles from the package's weights instead of training from
-# scratch (the build's measure.json must give the shipped latent normalisation, which the same encode settings
-# and the package VAE do), so one device session's wall budget adds to the last one's.
+# scratch (the measure stage then keeps the shipped latent normalisation, after checking its own measurement
+# agrees), so one device session's wall budget adds to the last one's.
 # The 2026-11-22 run made 2.6 steps/s at batch 256 on an H100 (not profiled there; building one batch of 256 --
 # caption sampling + tokenising -- takes ~65 ms on the 2-core dev CPU); --set den_prefetch=4 builds the next
 # batches in a background thread (same batches, same weights; not yet timed on a GPU).

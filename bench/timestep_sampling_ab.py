@@ -25,9 +25,6 @@ from pathlib import Path
 
 import torch
 
-ROLES = ("denoiser", "context_embedder", "text_encoder", "clip_encoders")
-
-
 def rounded(result: dict) -> dict:
     keep = {k: result[k] for k in ("total", "quality", "semantic", "dimensions")}
     return {k: round(v, 4) if isinstance(v, float) else {d: round(x, 4) for d, x in v.items()} for k, v in keep.items()}
@@ -37,8 +34,9 @@ def fine_tune(pipe, latents, args, sampling: str, run_dir: Path) -> dict:
     from neoc.prune.data import FlowData
     from neoc.train.flow_matching import PyramidFlowObjective
     from neoc.train.loop import Trainer, TrainConfig, warmup_constant
+    from neoc.zoo.build_tiny import DENOISER_ROLES
 
-    objective = PyramidFlowObjective(*(pipe.components[r] for r in ROLES))
+    objective = PyramidFlowObjective(*(pipe.components[r] for r in DENOISER_ROLES))
     data = FlowData(latents, pipe.prompt_encoder, args.batch, num_stages=3, gamma=1.0 / 3.0,
                     first_frame_prob=0.35, timestep_sampling=sampling, logit_mean=args.logit_mean,
                     logit_std=args.logit_std)

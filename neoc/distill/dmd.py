@@ -150,11 +150,15 @@ class PyramidalDMD(nn.Module):
             self._tokens = (tokens,)
             self.discriminator = mlp_discriminator(tokens.dim)
 
+    def _logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The discriminator's logit per sample: token logits averaged."""
+        return self.discriminator(tokens).squeeze(-1).mean(dim=1)
+
     def _with_logits(self, clips, x, t, text) -> tuple[torch.Tensor, torch.Tensor]:
         """The feature model's prediction (fake flow, or the teacher's conditional flow) and the discriminator's
-        logit per sample (token logits averaged), one call."""
+        logit per sample, one call."""
         out, tokens = self._tokens[0](clips, x, t, text)
-        return out, self.discriminator(tokens).squeeze(-1).mean(dim=1)
+        return out, self._logits(tokens)
 
     def _disc_fake_flow(self, clips, x_fake, x_real, t, text) -> tuple[torch.Tensor, torch.Tensor]:
         """(fake flow at ``x_fake``, the discriminator's loss on ``x_real`` vs ``x_fake``)."""
@@ -165,7 +169,7 @@ class PyramidalDMD(nn.Module):
             v_fake = predict(self.fake, clips, x_fake, t, text)
             with torch.no_grad():
                 tokens = [self._tokens[0](clips, x, t, text)[1] for x in (x_fake, x_real)]
-            logits_fake, logits_real = (self.discriminator(k).squeeze(-1).mean(dim=1) for k in tokens)
+            logits_fake, logits_real = (self._logits(k) for k in tokens)
         return v_fake, F.softplus(-logits_real).mean() + F.softplus(logits_fake).mean()
 
     def _generator_grad(self, clips, z_tau: torch.Tensor, t, text) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

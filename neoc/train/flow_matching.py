@@ -88,18 +88,23 @@ def grid_point(index: torch.Tensor, spec: sched.StageSpec) -> tuple[torch.Tensor
     return r.float(), timestep.float()
 
 
+def check_timestep_sampling(sampling: str, logit_std: float = 1.0) -> None:
+    """Raise :class:`InputError` for a sampling name or logit-normal spread :func:`sample_grid_index` refuses."""
+    if not logit_std > 0:
+        raise InputError(f"logit_std: expected > 0, got {logit_std}")
+    if sampling not in TIMESTEP_SAMPLINGS:
+        raise InputError(f"timestep sampling {sampling!r}: expected one of {', '.join(TIMESTEP_SAMPLINGS)}")
+
+
 def sample_grid_index(batch: int, generator: torch.Generator, sampling: str = "uniform",
                       logit_mean: float = 0.0, logit_std: float = 1.0) -> torch.Tensor:
     """``batch`` training-grid indices in [0, 1000): uniform, or the grid point nearest to a logit-normal local
     sigma ``r = sigmoid(logit_mean + logit_std * n)`` (``r = 1 - i/1000``)."""
-    if not logit_std > 0:
-        raise InputError(f"logit_std: expected > 0, got {logit_std}")
+    check_timestep_sampling(sampling, logit_std)
     if sampling == "uniform":
         return torch.randint(0, TRAIN_GRID, (batch,), generator=generator)
-    if sampling == "logit_normal":
-        r = torch.sigmoid(logit_mean + logit_std * torch.randn((batch,), generator=generator, dtype=torch.float64))
-        return ((1.0 - r) * TRAIN_GRID).round().clamp(0, TRAIN_GRID - 1).long()
-    raise InputError(f"timestep sampling {sampling!r}: expected one of {', '.join(TIMESTEP_SAMPLINGS)}")
+    r = torch.sigmoid(logit_mean + logit_std * torch.randn((batch,), generator=generator, dtype=torch.float64))
+    return ((1.0 - r) * TRAIN_GRID).round().clamp(0, TRAIN_GRID - 1).long()
 
 
 def interpolate(start: torch.Tensor, end: torch.Tensor, r: torch.Tensor) -> torch.Tensor:

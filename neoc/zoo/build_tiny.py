@@ -113,16 +113,16 @@ def settings(fast: bool, overrides: list[str] | tuple[str, ...] = ()) -> dict:
         if type(value) is not type(old):
             raise InputError(f"--set {key}: expected {type(old).__name__} like {old!r}, got {value!r}")
         cfg[key] = value
-    from neoc.train.flow_matching import sample_grid_index
+    from neoc.train.flow_matching import TIMESTEP_SAMPLINGS, check_timestep_sampling
 
-    if cfg["encode_dtype"] not in ENCODE_DTYPES:
-        raise InputError(f"--set encode_dtype={cfg['encode_dtype']!r}: expected one of {', '.join(ENCODE_DTYPES)}")
-    if cfg["den_init"] not in DENOISER_INITS:
-        raise InputError(f"--set den_init={cfg['den_init']!r}: expected one of {', '.join(DENOISER_INITS)}")
+    for key, choices in (("encode_dtype", ENCODE_DTYPES), ("den_init", DENOISER_INITS),
+                         ("den_t_sampling", TIMESTEP_SAMPLINGS)):
+        if cfg[key] not in choices:
+            raise InputError(f"--set {key}={cfg[key]!r}: expected one of {', '.join(choices)}")
     try:
-        sample_grid_index(1, torch.Generator(), cfg["den_t_sampling"], cfg["den_logit_mean"], cfg["den_logit_std"])
+        check_timestep_sampling(cfg["den_t_sampling"], cfg["den_logit_std"])
     except InputError as exc:
-        raise InputError(f"--set den_t_sampling / den_logit_*: {exc}") from None
+        raise InputError(f"--set den_logit_std: {exc}") from None
     return cfg
 
 
@@ -416,20 +416,26 @@ def latent_norm_constants(video_latents: torch.Tensor, image_latents: torch.Tens
     return [float(first.mean()), float(1.0 / first.std()), float(rest.mean()), float(1.0 / rest.std())]
 
 
-def shipped_norm_for_warm_start(measured: list[float], tolerance: float = 0.05) -> list[float]:
-    """The shipped latent normalisation, which a warm-started denoiser (``den_init=shipped``) learned, after
-    checking the build's own measurement agrees with it (scales within ``tolerance``: another VAE would not)."""
+def shipped_latent_norm() -> list[float]:
+    """The package's latent normalisation (``pyramid-tiny.json``), which the shipped denoiser learned."""
     from neoc.zoo.builtin import tiny_metadata
 
     shipped = tiny_metadata().get("latent_norm")
     if shipped is None:
         raise InputError("den_init=shipped: the package has no shipped latent normalisation (pyramid-tiny.json)")
+    return list(shipped)
+
+
+def shipped_norm_for_warm_start(measured: list[float], tolerance: float = 0.05) -> list[float]:
+    """The shipped latent normalisation, which a warm-started denoiser (``den_init=shipped``) learned, after
+    checking the build's own measurement agrees with it (scales within ``tolerance``: another VAE would not)."""
+    shipped = shipped_latent_norm()
     for name, index in (("image", 1), ("video", 3)):
         if abs(measured[index] / shipped[index] - 1.0) > tolerance:
             raise InputError(f"den_init=shipped: the encoded set's {name} scale {measured[index]:.4f} is not the "
                              f"shipped {shipped[index]:.4f} (within {tolerance:.0%}); was it encoded with the "
                              f"package's VAE?")
-    return list(shipped)
+    return shipped
 
 
 def stage_measure(out: Path, cfg: dict) -> dict:
@@ -548,10 +554,10 @@ def init_denoiser_roles(components: dict[str, torch.nn.Module], how: str, out: P
         return
     if how != "shipped":
         raise InputError(f"den_init {how!r}: expected one of {', '.join(DENOISER_INITS)}")
-    from neoc.zoo.builtin import build, tiny_metadata
+    from neoc.zoo.builtin import build
 
     shipped = build("builtin:pyramid-tiny")  # a clear error when the package's weights are missing
-    shipped_norm = tiny_metadata()["latent_norm"]
+    shipped_norm = shipped_latent_norm()
     if out is not None and (out / "measure.json").is_file():
         norm = json.loads((out / "measure.json").read_text())["latent_norm"]
         if any(abs(a - b) > 1e-3 * max(1.0, abs(b)) for a, b in zip(norm, shipped_norm)):
