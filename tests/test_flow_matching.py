@@ -141,6 +141,37 @@ def test_flow_batch_history_matches_inference_layout(unit):
                      & (rows[:, stage] >= SPECS[stage].timestep_min - 1e-3)).all())
 
 
+
+def test_loss_weights_pool_to_each_stage_and_weigh_the_loss():
+    weights = torch.ones(2, 1, 1, 8, 8)
+    weights[0, ..., 0:2, 0:2] = 5.0                        # one latent 2x2 block of sample 0 weighs 5
+    latents = torch.randn(2, 4, 2, 8, 8)
+    batch = fm.make_flow_batch(latents, 1, {}, torch.Generator().manual_seed(0), loss_weights=weights)
+    maps = batch.loss_weights
+    assert [tuple(m.shape[-2:]) for m in maps] == [(2, 2), (4, 4), (8, 8)]
+    assert float(maps[1][0, 0, 0, 0, 0]) == 5.0 and float(maps[0][0, 0, 0, 0, 0]) == 2.0  # area: (5 + 3) / 4
+    assert torch.equal(maps[2], weights) and float(maps[0][1].max()) == 1.0
+    target = torch.zeros(2, 4, 1, 8, 8)
+    error = torch.zeros_like(target)
+    error[0, :, :, 0, 0] = 1.0                               # wrong only where the weight is 5
+    plain = fm.weighted_mse(error, target, None)
+    weighted = fm.weighted_mse(error, target, maps[2])
+    assert torch.isclose(plain, torch.tensor(4 / (2 * 4 * 64)))
+    assert torch.isclose(weighted, torch.tensor(5 * 4 / (4 * (2 * 64 + 4 * 4))))  # sum(w e^2) / sum(w)
+    assert torch.isclose(fm.weighted_mse(error, target, torch.ones(2, 1, 1, 8, 8)), plain)
+    unweighted = fm.make_flow_batch(latents, 1, {}, torch.Generator().manual_seed(0))
+    assert unweighted.loss_weights is None and torch.equal(unweighted.targets[2], batch.targets[2])  # same draws
+
+
+@pytest.mark.parametrize("weights, message", [(torch.ones(2, 1, 1, 4, 4), "expected"),
+                                              (torch.zeros(2, 1, 1, 8, 8), "positive"),
+                                              (torch.full((2, 1, 1, 8, 8), float("nan")), "finite")])
+def test_bad_loss_weights_are_input_errors(weights, message):
+    from neoc.errors import InputError
+
+    with pytest.raises(InputError, match=message):
+        fm.make_flow_batch(torch.randn(2, 4, 2, 8, 8), 1, {}, torch.Generator().manual_seed(0), loss_weights=weights)
+
 def test_history_corruption_is_bounded():
     clean = torch.zeros(64, 1, 3, 2, 2)
     corrupted = fm.corrupt_history(clean, torch.Generator().manual_seed(0))

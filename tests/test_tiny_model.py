@@ -108,7 +108,7 @@ def test_build_settings_overrides_keep_types_and_reject_unknown_keys(monkeypatch
     assert cfg["cfg_grid"] == [[3, 2]] and FULL["den_steps"] != 7900  # the module's settings are untouched
     assert settings(False, ["den_t_sampling=logit_normal"])["den_t_sampling"] == "logit_normal"
     for bad in ("den_step=10", "den_steps", "den_steps=1.5", "den_steps=lots", "den_t_sampling=cosine",
-                "den_logit_std=0", "den_init=imagenet", "encode_dtype=fp16"):
+                "den_logit_std=0", "den_init=imagenet", "encode_dtype=fp16", "den_fg_weight=-1"):
         with pytest.raises(InputError, match="--set"):
             settings(False, [bad])
     with pytest.raises(SystemExit):  # the CLI reports it as a usage error before any stage runs
@@ -208,6 +208,44 @@ def test_vae_batches_carry_object_masks_when_asked():
     batches.cfg = {**cfg, "vae_fg_weight": 0.0}
     assert "pixel_weight" not in batches(Ctx())
 
+
+
+def test_flow_batches_weigh_the_object_cells_when_asked(tmp_path):
+    import attrs
+    import numpy as np
+    from safetensors.torch import save_file
+
+    from neoc.data.toyworld import coverage, sample_scene
+    from neoc.zoo.build_tiny import FlowBatches, latent_object_mask, settings
+
+    scene = sample_scene(np.random.default_rng(3), shape="square", motion="right")
+    mask = latent_object_mask(scene, 49, 7, 8)
+    assert mask.shape == (7, 8, 8) and float(mask.max()) == 1.0
+    assert torch.isclose(mask[0].mean(), coverage(scene, 1, TINY_SIZE).mean())     # frame 0: area shares
+    centre = (int(scene.y / 2 // 8), int(scene.x / 2 // 8))                          # 128-px scene coordinates
+    assert float(mask[0][centre]) > 0.5 and 0.01 < float((mask > 0).float().mean()) < 0.3
+    assert float(mask[6].argmax() % 8) > float(mask[0].argmax() % 8)                 # it moved right
+    # every item shows the same scene, so every drawn item's weights are 1 + w * that scene's mask
+    save_file({"video_latents": torch.randn(3, 4, 7, 8, 8), "image_latents": torch.randn(2, 4, 1, 8, 8)},
+              str(tmp_path / "latents.safetensors"))
+    item = {"caption": "x", "scene": attrs.asdict(scene)}
+    (tmp_path / "latents.json").write_text(json.dumps({"videos": [item] * 3, "images": [item] * 2}))
+
+    class Tokens:
+        def encode(self, texts):
+            return {"t5_ids": torch.zeros(len(texts), 4, dtype=torch.long)}
+
+    class Ctx:
+        generator = torch.Generator().manual_seed(0)
+
+    for first_frame_prob in (0.0, 1.0):
+        cfg = {**settings(False, ["den_fg_weight=5", "den_batch=4"]), "den_first_frame_prob": first_frame_prob}
+        batch = FlowBatches(tmp_path, cfg, Tokens())(Ctx())
+        full = batch.loss_weights[-1]
+        assert (batch.unit == 0) == (first_frame_prob == 1.0)
+        assert torch.allclose(full, (1 + 5 * mask[batch.unit]).expand(4, 1, 1, 8, 8))
+    plain = FlowBatches(tmp_path, settings(False, ["den_batch=4"]), Tokens())(Ctx())
+    assert plain.loss_weights is None
 
 def test_denoiser_warm_start_loads_the_shipped_roles_and_checks_the_latent_space(tmp_path):
     from neoc.errors import InputError

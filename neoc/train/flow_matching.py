@@ -14,6 +14,10 @@ For the latent frame ("unit") ``k`` being generated and pyramid stage ``s`` (0 =
   ``1, 0.999, ..., 0.001`` and the *global* timestep at the same grid index (``timestep_max`` ->
   ``timestep_min`` of the stage), exactly the pairs the sampler visits; the target is ``v = start - end``
   (so an Euler step ``x += (r_next - r) v`` moves towards ``end``), loss = MSE.
+* optional ``loss_weights`` [B, 1, 1, H, W] at the full latent resolution (e.g. ``1 + w * object mask``) are
+  area-pooled to each stage's grid and the stage's loss becomes the weighted mean ``sum(w e^2) / sum(w)``
+  (over channels too): the toy world's object covers a few latent cells of the 8x8 grid, a few percent of a
+  plain MSE.
 * the grid index is uniform by default (Pyramid-Flow); ``timestep_sampling="logit_normal"`` draws the local sigma
   as ``r = sigmoid(m + s * n)``, ``n ~ N(0, 1)`` (SD3's logit-normal sampling, applied inside each stage) and
   takes the nearest grid point, so the middle of every stage gets more of the training budget.
@@ -133,16 +137,19 @@ class FlowBatch:
     timesteps: torch.Tensor            # [S*B] global timesteps, row b*S + s
     targets: list[torch.Tensor]        # per stage: v = start - end [B, C, 1, h_s, w_s]
     tokens: dict[str, torch.Tensor]    # t5_ids, t5_mask, clip_l_ids, clip_g_ids [B, L]
+    loss_weights: list[torch.Tensor] | None = None  # per stage: [B, 1, 1, h_s, w_s] (None: plain MSE)
 
 
 def make_flow_batch(latents: torch.Tensor, unit: int, tokens: dict[str, torch.Tensor], generator: torch.Generator,
                     num_stages: int = 3, gamma: float = 1.0 / 3.0,
                     corrupt_ratio: float = CORRUPT_RATIO, timestep_sampling: str = "uniform",
-                    logit_mean: float = 0.0, logit_std: float = 1.0) -> FlowBatch:
+                    logit_mean: float = 0.0, logit_std: float = 1.0,
+                    loss_weights: torch.Tensor | None = None) -> FlowBatch:
     """Build a :class:`FlowBatch` for ``unit`` from normalised clean latents [B, C, T >= unit+1, H, W].
 
     ``timestep_sampling`` / ``logit_mean`` / ``logit_std``: how each stage's grid index is drawn
-    (:func:`sample_grid_index`)."""
+    (:func:`sample_grid_index`). ``loss_weights``: per-position weights of the unit's frame [B, 1, 1, H, W]
+    (positive; see :func:`stage_loss_weights`)."""
     specs = sched.stage_specs(num_stages, gamma)
     batch = latents.shape[0]
     current = latents[:, :, unit:unit + 1].float()  # [B, C, 1, H, W]
@@ -168,7 +175,31 @@ def make_flow_batch(latents: torch.Tensor, unit: int, tokens: dict[str, torch.Te
         targets.append(start - end)
         timesteps.append(t)
     stage_major = torch.stack(timesteps, dim=1).reshape(-1)  # [B, S] -> [B*S], row b*S + s
-    return FlowBatch(unit, sample, stage_major, targets, tokens)
+    weights = None if loss_weights is None else stage_loss_weights(loss_weights, current.shape, num_stages)
+    return FlowBatch(unit, sample, stage_major, targets, tokens, weights)
+
+
+def stage_loss_weights(weights: torch.Tensor, frame_shape: Sequence[int], num_stages: int) -> list[torch.Tensor]:
+    """Full-resolution weights [B, 1, 1, H, W] -> one map per stage (stage 0 lowest), area-pooled like
+    :func:`clean_pyramid` halves the latent."""
+    b, _, _, h, w = frame_shape
+    if tuple(weights.shape) != (b, 1, 1, h, w):
+        raise InputError(f"loss_weights: expected [{b}, 1, 1, {h}, {w}] for the unit's frame, got {tuple(weights.shape)}")
+    if not bool(torch.isfinite(weights).all()) or bool((weights <= 0).any()):
+        raise InputError("loss_weights must be finite and positive")
+    maps = [weights.float()]
+    for _ in range(num_stages - 1):
+        maps.append(F.avg_pool3d(maps[-1], (1, 2, 2)))
+    return maps[::-1]
+
+
+def weighted_mse(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """MSE, or ``sum(w (p - t)^2) / sum(w)`` with ``w`` [B, 1, 1, h, w] broadcast over channels."""
+    if weights is None:
+        return F.mse_loss(prediction.float(), target)
+    squared = (prediction.float() - target).pow(2)
+    full = weights.expand_as(squared)
+    return (full * squared).sum() / full.sum()
 
 
 def drop_captions(captions: Sequence[str], generator: torch.Generator, rate: float = CAPTION_DROPOUT,
@@ -183,7 +214,8 @@ class PyramidFlowObjective(nn.Module):
     """Text encoders + context embedder + denoiser trained jointly: ``forward(FlowBatch) -> (loss, metrics)``.
 
     ``clip_encoders`` may be None (a pipeline without pooled CLIP features then needs zeros of the denoiser's
-    ``pooled_projection_dim``). Loss = mean over stages of the per-stage MSE to ``v = start - end``.
+    ``pooled_projection_dim``). Loss = mean over stages of the per-stage (optionally weighted) MSE to
+    ``v = start - end``.
     """
 
     def __init__(self, denoiser: nn.Module, context_embedder: nn.Module, text_encoder: nn.Module,
@@ -204,7 +236,8 @@ class PyramidFlowObjective(nn.Module):
 
     def forward(self, batch: FlowBatch) -> tuple[torch.Tensor, dict[str, float]]:
         predictions = self.predict(batch)
-        per_stage = [F.mse_loss(p.float(), t) for p, t in zip(predictions, batch.targets)]
+        weights = batch.loss_weights or [None] * len(predictions)
+        per_stage = [weighted_mse(p, t, w) for p, t, w in zip(predictions, batch.targets, weights)]
         loss = torch.stack(per_stage).mean()
         metrics = {f"loss_stage{s}": v.detach() for s, v in enumerate(per_stage)}
         return loss, metrics

@@ -74,6 +74,7 @@ FULL = {
     "den_steps": 2400, "den_batch": 16, "den_lr": 5e-4, "den_warmup": 40, "den_ema": 0.99, "den_first_frame_prob": 0.35,
     "den_checkpoint_every": 25, "den_prefetch": 0,
     "den_t_sampling": "uniform", "den_logit_mean": 0.0, "den_logit_std": 1.0, "den_init": "dit",
+    "den_fg_weight": 0.0,
     "cfg_grid": [[2.0, 1.5], [3.0, 2.0], [5.0, 3.0], [7.0, 5.0]], "cfg_prompts": 8,
     "taehv_steps": 3000, "taehv_lr": 1e-3, "taehv_batch": 2, "taehv_pool": 512, "taehv_warmup": 100,
 }
@@ -123,6 +124,8 @@ def settings(fast: bool, overrides: list[str] | tuple[str, ...] = ()) -> dict:
         check_timestep_sampling(cfg["den_t_sampling"], cfg["den_logit_std"])
     except InputError as exc:
         raise InputError(f"--set den_logit_std: {exc}") from None
+    if not 0.0 <= cfg["den_fg_weight"] < float("inf"):
+        raise InputError(f"--set den_fg_weight={cfg['den_fg_weight']!r}: expected a finite weight >= 0")
     return cfg
 
 
@@ -485,8 +488,21 @@ def stage_measure(out: Path, cfg: dict) -> dict:
 DENOISER_ROLES = ("denoiser", "context_embedder", "text_encoder", "clip_encoders")
 
 
+def latent_object_mask(scene, num_frames: int, latent_frames: int, latent_size: int) -> torch.Tensor:
+    """The object's share of each latent cell [latent_frames, latent_size, latent_size] in [0, 1]: pixel coverage
+    at ``TINY_SIZE``, max over the frames a causal 8x latent frame encodes (frame 0 alone, then 8 each), mean over
+    the cell's pixels."""
+    from neoc.data.toyworld import coverage
+
+    pixels = coverage(scene, num_frames, TINY_SIZE)                                   # [F, 64, 64]
+    per_frame = torch.nn.functional.adaptive_avg_pool2d(pixels, latent_size)          # [F, h, w]
+    groups = [per_frame[:1]] + [per_frame[1 + 8 * (k - 1):1 + 8 * k] for k in range(1, latent_frames)]
+    return torch.stack([g.amax(0) for g in groups])
+
+
 class FlowBatches:
-    """Pyramidal flow-matching batches from the normalised toy latent set; captions are re-worded per draw."""
+    """Pyramidal flow-matching batches from the normalised toy latent set; captions are re-worded per draw.
+    With ``den_fg_weight`` w > 0 each position's loss weighs ``1 + w * object share`` (:func:`latent_object_mask`)."""
 
     def __init__(self, out: Path, cfg: dict, prompt_encoder):
         from safetensors.torch import load_file
@@ -499,6 +515,23 @@ class FlowBatches:
         self.first_scenes = self.video_scenes + [_scene(m["scene"]) for m in meta["images"]]
         self.cfg = cfg
         self.prompt_encoder = prompt_encoder
+        self.video_masks = None
+        if cfg["den_fg_weight"] > 0:  # ~0.04 s a video: once; first-frame masks are drawn per batch (~1 ms each)
+            _, _, frames, size, _ = self.videos.shape
+            self.video_masks = torch.stack([latent_object_mask(s, 1 + 8 * (frames - 1), frames, size)
+                                            for s in self.video_scenes])               # [N, T, h, w]
+
+    def loss_weights(self, unit: int, index: list[int]) -> torch.Tensor | None:
+        """[B, 1, 1, h, w] weights of the drawn items' frame ``unit`` (None when ``den_fg_weight`` is 0)."""
+        if self.video_masks is None:
+            return None
+        if unit > 0:
+            masks = self.video_masks[index, unit]
+        else:
+            size = self.videos.shape[-1]
+            masks = torch.stack([self.video_masks[i, 0] if i < len(self.video_scenes)
+                                 else latent_object_mask(self.first_scenes[i], 1, 1, size)[0] for i in index])
+        return (1.0 + self.cfg["den_fg_weight"] * masks)[:, None, None]
 
     def captions(self, scenes, gen: torch.Generator) -> list[str]:
         from neoc.data.toyworld import caption
@@ -521,7 +554,7 @@ class FlowBatches:
         texts = drop_captions(self.captions(scenes, gen), gen)
         return make_flow_batch(latents, unit, self.prompt_encoder.encode(texts), gen,
                                timestep_sampling=self.cfg["den_t_sampling"], logit_mean=self.cfg["den_logit_mean"],
-                               logit_std=self.cfg["den_logit_std"])
+                               logit_std=self.cfg["den_logit_std"], loss_weights=self.loss_weights(unit, index.tolist()))
 
 
 def dit_init(denoiser: torch.nn.Module) -> None:
