@@ -17,6 +17,16 @@ import json
 import torch
 
 
+def reference_clips(pipe, items) -> torch.Tensor:
+    """The prompts' ground-truth clips rendered at 128x128, resampled to the pipeline's video layout [N, 3, F, H, W]."""
+    from neoc.data.toyworld import NUM_FRAMES, render_float
+    from neoc.eval.quality import _match_layout
+
+    spec = pipe.spec  # the decoder's video layout
+    return _match_layout(torch.stack([render_float(scene, NUM_FRAMES, 128) for _, scene in items]),
+                         spec.frames, spec.height, spec.width)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="builtin:pyramid-tiny")
@@ -27,15 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     from neoc import sources
-    from neoc.data.toyworld import NUM_FRAMES, render_float
     from neoc.eval.pipeline_quality import eval_prompts
-    from neoc.eval.quality import _match_layout, score_videos
+    from neoc.eval.quality import score_videos
 
     pipe = sources.load_source(args.model)
     items = eval_prompts(args.videos, args.seed)
-    spec = pipe.spec  # the decoder's video layout
-    clips = _match_layout(torch.stack([render_float(scene, NUM_FRAMES, 128) for _, scene in items]),
-                          spec.frames, spec.height, spec.width)
+    clips = reference_clips(pipe, items)
     encoder, decoder = pipe.components["vae_encoder"].eval(), pipe.components["vae_decoder"].eval()
     with torch.no_grad():
         round_trip = torch.cat([decoder(encoder(clip[None])).clamp(-1, 1) for clip in clips])

@@ -90,6 +90,24 @@ def test_sampling_mirror_equals_the_graph():
     assert torch.equal(video, mirror)
 
 
+
+def test_sampling_mirror_history_hook_swaps_only_the_conditioning():
+    from neoc.distill.pyramid import encode_prompts
+    from neoc.distill.sampling import sample_latents
+
+    pipe = toy_pipeline()
+    for m in pipe.components.values():
+        m.eval()
+    cond, uncond = encode_prompts(pipe, ["a red circle moving left"])
+    noise = pipe.draw_noise(3)
+    own = sample_latents(pipe, cond, uncond, noise)
+    seen = []
+    same = sample_latents(pipe, cond, uncond, noise, history=lambda unit, x: seen.append((unit, x.shape[2])) or x)
+    assert torch.equal(same, own) and seen == [(u, u) for u in range(1, own.shape[2])]
+    zeroed = sample_latents(pipe, cond, uncond, noise, history=lambda unit, x: torch.zeros_like(x))
+    assert torch.equal(zeroed[:, :, :1], own[:, :, :1])                      # unit 0 has no history
+    assert not torch.allclose(zeroed[:, :, 1:], own[:, :, 1:])              # later units follow the swap
+
 # ---- collapse guard ---------------------------------------------------------------------------------------------------
 def _videos(seed=0):
     g = torch.Generator().manual_seed(seed)

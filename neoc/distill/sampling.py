@@ -8,6 +8,8 @@ first latent frame (the first-frame generator of Neodragon §4: unit 0 is taken,
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from neoc.distill.pyramid import TextRows, encode_prompts, predict, predict_cfg
@@ -20,9 +22,12 @@ from neoc.models import scheduler as sched
 @torch.no_grad()
 def sample_latents(pipe, cond: TextRows, uncond: TextRows, noise: dict[str, torch.Tensor],
                    schedule: Schedule | None = None, denoiser=None,
-                   first_latent: torch.Tensor | None = None, num_units: int | None = None) -> torch.Tensor:
+                   first_latent: torch.Tensor | None = None, num_units: int | None = None,
+                   history: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Normalised latents [1, C, T, H, W] for one prompt (``cond``/``uncond`` one row each); ``num_units`` stops
-    after that many latent frames (1: the first frame only)."""
+    after that many latent frames (1: the first frame only). ``history(unit, generated)`` may replace the
+    full-resolution history [1, C, unit, H, W] the unit is conditioned on (diagnostics: ground-truth history,
+    noised history; ``bench/history_conditioning.py``); the returned latents are always the generated ones."""
     schedule = schedule or pipe.schedule
     den = denoiser if denoiser is not None else pipe.component("denoiser")
     den.eval()
@@ -39,7 +44,7 @@ def sample_latents(pipe, cond: TextRows, uncond: TextRows, noise: dict[str, torc
         scale = schedule.guidance_for_unit(unit) if schedule.uses_cfg(unit) else 1.0
         levels = []
         if generated is not None:
-            levels = [generated]
+            levels = [generated if history is None else history(unit, generated)]
             for _ in range(S - 1):
                 levels.append(ops.down2(levels[-1]))
         x = ops.frame(noise["noise"], unit)
