@@ -1,6 +1,7 @@
 """How the tiny denoiser uses its history: per-frame probe readouts and conditioning swaps on the held-out prompts.
 
     python bench/history_conditioning.py --videos 16 --variants generated ground-truth noise:0.1
+    python bench/history_conditioning.py --build out/cfg5 --step 3000 --guidance 3 2 --variants generated
 
 Each variant samples every held-out prompt (seed ``i`` for prompt ``i``, as ``neoc eval``) with the Python mirror of
 the graph sampler (``neoc.distill.sampling.sample_latents``) and changes only what each latent frame is conditioned
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -63,6 +65,11 @@ def history_hook(variant: str, truth: torch.Tensor, seed: int):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="builtin:pyramid-tiny")
+    parser.add_argument("--build", type=Path, default=None,
+                        help="score a build_tiny folder's denoiser checkpoint instead of --model")
+    parser.add_argument("--step", type=int, default=None, help="with --build: the checkpoint (default: the latest)")
+    parser.add_argument("--guidance", type=float, nargs=2, default=None,
+                        help="with --build: first-frame / video CFG (default: the build's chosen)")
     parser.add_argument("--videos", type=int, default=16)
     parser.add_argument("--variants", nargs="+", default=["generated", "ground-truth", "noise:0.1"])
     parser.add_argument("--threads", type=int, default=2)
@@ -72,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         history_hook(variant, torch.zeros(1), 0)  # bad names fail before any sampling
 
     from data_ceiling import reference_clips
+    from tiny_checkpoint_eval import checkpoint_pipeline
 
     from neoc import sources
     from neoc.distill.pyramid import encode_prompts
@@ -80,7 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     from neoc.eval.probe import load_probe
     from neoc.eval.quality import score_videos
 
-    pipe = sources.load_source(args.model)
+    if args.build is not None:
+        try:
+            pipe = checkpoint_pipeline(args.build, args.step, args.guidance)
+        except FileNotFoundError as exc:
+            parser.error(str(exc))
+    else:
+        pipe = sources.load_source(args.model)
     probe = load_probe().eval()
     items = eval_prompts(args.videos)
     scenes = [scene for _, scene in items]

@@ -21,6 +21,23 @@ def rounded(result: dict) -> dict:
     return {k: round(v, 3) if isinstance(v, float) else {d: round(x, 3) for d, x in v.items()} for k, v in keep.items()}
 
 
+def checkpoint_pipeline(build: Path, step: int | None, guidance=None):
+    """The build's pipeline with checkpoint ``step``'s EMA denoiser-side roles (None: the latest checkpoint) at
+    ``guidance`` (first-frame, video CFG; None: the build's chosen, cfg.json). Prints which checkpoint it loaded."""
+    from neoc.train import checkpoint as ckpt
+    from neoc.zoo import build_tiny as bt
+
+    folder = build / "denoiser" / "checkpoints"
+    path = folder / f"step-{step:08d}" if step is not None else ckpt.latest_checkpoint(build / "denoiser")
+    if path is None or not path.is_dir():
+        raise FileNotFoundError(f"no checkpoint{' step ' + str(step) if step is not None else ''} under {folder}")
+    state = ckpt.load_checkpoint(path)
+    guidance = tuple(guidance) if guidance else bt.chosen_guidance(build)
+    pipe = bt.candidate_pipeline(build, guidance, {**state["model"], **(state["ema"] or {})})
+    print(f"checkpoint {path} (step {state['step']}, EMA), CFG {guidance[0]:g} / {guidance[1]:g}", flush=True)
+    return pipe
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--build", type=Path, required=True, help="a build_tiny output folder")
@@ -36,18 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     from neoc.data.toyworld import ToyWorldDataset
     from neoc.eval.pipeline_quality import evaluate_pipeline
     from neoc.eval.quality import score_videos
-    from neoc.train import checkpoint as ckpt
     from neoc.zoo import build_tiny as bt
     from neoc.zoo.builtin import TINY_SIZE
 
-    folder = args.build / "denoiser" / "checkpoints"
-    path = folder / f"step-{args.step:08d}" if args.step is not None else ckpt.latest_checkpoint(args.build / "denoiser")
-    if path is None or not path.is_dir():
-        parser.error(f"no checkpoint {'step ' + str(args.step) if args.step is not None else ''} under {folder}")
-    state = ckpt.load_checkpoint(path)
-    guidance = tuple(args.guidance) if args.guidance else bt.chosen_guidance(args.build)
-    pipe = bt.candidate_pipeline(args.build, guidance, {**state["model"], **(state["ema"] or {})})
-    print(f"checkpoint {path} (step {state['step']}, EMA), CFG {guidance[0]:g} / {guidance[1]:g}", flush=True)
+    try:
+        pipe = checkpoint_pipeline(args.build, args.step, args.guidance)
+    except FileNotFoundError as exc:
+        parser.error(str(exc))
     held_out = evaluate_pipeline(pipe, num=args.num, seed=0, quiet=True)
     print(f"held-out {args.num}: {json.dumps(rounded(held_out))}", flush=True)
     if args.train:
