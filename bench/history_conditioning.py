@@ -38,11 +38,12 @@ def frame_curves(probe, videos: torch.Tensor, scenes) -> dict[str, list[float]]:
         clip = resample_for_probe(videos)
         frames = clip.transpose(1, 2).reshape(-1, 3, PROBE_SIZE, PROBE_SIZE)
         logits = probe.frame_logits(frames)
+    targets = [_as_target(scene, i)[1] for i, scene in enumerate(scenes)]  # {attribute: class name} per video
     curves = {}
     for head in FRAME_HEADS:
         probs = logits[head].softmax(-1).reshape(videos.shape[0], PROBE_FRAMES, -1)
-        rows = [probs[i, :, list(ATTRIBUTE_CLASSES[head]).index(attrs[head])]
-                for i, (_, attrs) in enumerate(_as_target(s, i) for i, s in enumerate(scenes)) if head in attrs]
+        classes = list(ATTRIBUTE_CLASSES[head])
+        rows = [probs[i, :, classes.index(attrs[head])] for i, attrs in enumerate(targets) if head in attrs]
         curves[head] = [round(float(x), 2) for x in torch.stack(rows).mean(0)]
     return curves
 

@@ -219,7 +219,7 @@ def test_flow_batches_weigh_the_object_cells_when_asked(tmp_path):
     from neoc.zoo.build_tiny import FlowBatches, latent_object_mask, settings
 
     scene = sample_scene(np.random.default_rng(3), shape="square", motion="right")
-    mask = latent_object_mask(scene, 49, 7, 8)
+    mask = latent_object_mask(scene, 7, 8)
     assert mask.shape == (7, 8, 8) and float(mask.max()) == 1.0
     assert torch.isclose(mask[0].mean(), coverage(scene, 1, TINY_SIZE).mean())     # frame 0: area shares
     centre = (int(scene.y / 2 // 8), int(scene.x / 2 // 8))                          # 128-px scene coordinates

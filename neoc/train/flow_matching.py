@@ -180,17 +180,14 @@ def make_flow_batch(latents: torch.Tensor, unit: int, tokens: dict[str, torch.Te
 
 
 def stage_loss_weights(weights: torch.Tensor, frame_shape: Sequence[int], num_stages: int) -> list[torch.Tensor]:
-    """Full-resolution weights [B, 1, 1, H, W] -> one map per stage (stage 0 lowest), area-pooled like
-    :func:`clean_pyramid` halves the latent."""
+    """Full-resolution weights [B, 1, 1, H, W] -> one map per stage (stage 0 lowest), halved as the latent is
+    (:func:`clean_pyramid`: an exact 2x bilinear downsample, i.e. the mean of each 2x2 block)."""
     b, _, _, h, w = frame_shape
     if tuple(weights.shape) != (b, 1, 1, h, w):
         raise InputError(f"loss_weights: expected [{b}, 1, 1, {h}, {w}] for the unit's frame, got {tuple(weights.shape)}")
     if not bool(torch.isfinite(weights).all()) or bool((weights <= 0).any()):
         raise InputError("loss_weights must be finite and positive")
-    maps = [weights.float()]
-    for _ in range(num_stages - 1):
-        maps.append(F.avg_pool3d(maps[-1], (1, 2, 2)))
-    return maps[::-1]
+    return clean_pyramid(weights.float(), num_stages)
 
 
 def weighted_mse(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:

@@ -488,15 +488,15 @@ def stage_measure(out: Path, cfg: dict) -> dict:
 DENOISER_ROLES = ("denoiser", "context_embedder", "text_encoder", "clip_encoders")
 
 
-def latent_object_mask(scene, num_frames: int, latent_frames: int, latent_size: int) -> torch.Tensor:
+def latent_object_mask(scene, latent_frames: int, latent_size: int, temporal: int = 8) -> torch.Tensor:
     """The object's share of each latent cell [latent_frames, latent_size, latent_size] in [0, 1]: pixel coverage
-    at ``TINY_SIZE``, max over the frames a causal 8x latent frame encodes (frame 0 alone, then 8 each), mean over
-    the cell's pixels."""
+    at ``TINY_SIZE``, max over the frames a causal latent frame encodes (frame 0 alone, then ``temporal`` each:
+    the VAE's factor), mean over the cell's pixels."""
     from neoc.data.toyworld import coverage
 
-    pixels = coverage(scene, num_frames, TINY_SIZE)                                   # [F, 64, 64]
+    pixels = coverage(scene, 1 + temporal * (latent_frames - 1), TINY_SIZE)              # [F, 64, 64]
     per_frame = torch.nn.functional.adaptive_avg_pool2d(pixels, latent_size)          # [F, h, w]
-    groups = [per_frame[:1]] + [per_frame[1 + 8 * (k - 1):1 + 8 * k] for k in range(1, latent_frames)]
+    groups = [per_frame[:1]] + [per_frame[1 + temporal * (k - 1):1 + temporal * k] for k in range(1, latent_frames)]
     return torch.stack([g.amax(0) for g in groups])
 
 
@@ -515,22 +515,19 @@ class FlowBatches:
         self.first_scenes = self.video_scenes + [_scene(m["scene"]) for m in meta["images"]]
         self.cfg = cfg
         self.prompt_encoder = prompt_encoder
-        self.video_masks = None
-        if cfg["den_fg_weight"] > 0:  # ~0.04 s a video: once; first-frame masks are drawn per batch (~1 ms each)
+        self.video_masks = self.first_masks = None
+        if cfg["den_fg_weight"] > 0:  # once, off the training step: ~0.04 s a video, ~1 ms a first frame
             _, _, frames, size, _ = self.videos.shape
-            self.video_masks = torch.stack([latent_object_mask(s, 1 + 8 * (frames - 1), frames, size)
+            self.video_masks = torch.stack([latent_object_mask(s, frames, size)
                                             for s in self.video_scenes])               # [N, T, h, w]
+            images = [latent_object_mask(s, 1, size)[0] for s in self.first_scenes[len(self.video_scenes):]]
+            self.first_masks = torch.cat([self.video_masks[:, 0], *([torch.stack(images)] if images else [])])
 
     def loss_weights(self, unit: int, index: list[int]) -> torch.Tensor | None:
         """[B, 1, 1, h, w] weights of the drawn items' frame ``unit`` (None when ``den_fg_weight`` is 0)."""
         if self.video_masks is None:
             return None
-        if unit > 0:
-            masks = self.video_masks[index, unit]
-        else:
-            size = self.videos.shape[-1]
-            masks = torch.stack([self.video_masks[i, 0] if i < len(self.video_scenes)
-                                 else latent_object_mask(self.first_scenes[i], 1, 1, size)[0] for i in index])
+        masks = self.video_masks[index, unit] if unit > 0 else self.first_masks[index]
         return (1.0 + self.cfg["den_fg_weight"] * masks)[:, None, None]
 
     def captions(self, scenes, gen: torch.Generator) -> list[str]:
