@@ -93,6 +93,9 @@ class PruneBlocksConfig:
                                   metadata=_help("clips per process and step (paper 4)"))
     first_frame_prob: float = attrs.field(default=0.25, validator=in_range(0.0, 1.0),
                                           metadata=_help("share of steps that train the first latent frame"))
+    fg_weight: float = attrs.field(default=0.0, validator=in_range(0.0), metadata=_help(
+        "object-weighted flow-matching losses in both stages: weight 1 + w * object share of each latent cell "
+        "(toy-world training clips; 0: plain MSE, the paper's)"))
     stage1_steps: int = attrs.field(default=300, validator=in_range(0), metadata=_help("Stage 1 steps (paper 300)"))
     stage1_lr: float = attrs.field(default=3e-5, validator=in_range(0.0),
                                    metadata=_help("Stage 1 Adam LR (paper 3e-5)"))
@@ -266,7 +269,7 @@ class PruneBlocks(Pass):
                                cfg.first_frame_prob).fixed_batches(cfg.val_batches, ctx.seed + 202)
         if train_set is not None:
             train_data = FlowData(train_set, pipeline.prompt_encoder, cfg.batch_size, stages, gamma,
-                                  cfg.first_frame_prob)
+                                  cfg.first_frame_prob, fg_weight=cfg.fg_weight)
 
         # ---- quality of the unpruned teacher (the runner's baseline when nothing ran before)
         quality = {"teacher": None, "pruned": None, "stage1": None, "stage2": None}
@@ -282,7 +285,7 @@ class PruneBlocks(Pass):
         # ---- 4. Stage 1: data flow matching (checkpoints keyed by what shapes Stage 1 only, so runs that differ
         # in Stage 2 or in how the same blocks were chosen share it)
         data_settings = (cfg.train_videos, cfg.batch_size, cfg.first_frame_prob, cfg.ema_decay, cfg.warmup,
-                         info.world_size)
+                         info.world_size) + ((cfg.fg_weight,) if cfg.fg_weight else ())  # old keys stay valid
         key1 = _hash(model_key, removed, data_settings, cfg.stage1_steps, cfg.stage1_lr)
         train_root = ctx.work_dir / "train"
         training = {}

@@ -7,6 +7,7 @@ Everything runs on a toy pipeline around a real (small) :class:`PyramidMMDiT`: 4
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import attrs
@@ -272,6 +273,49 @@ def test_stage2_losses_vanish_for_an_identical_student():
     assert all(p.grad is not None for p in pruned.student.transformer_blocks.parameters() if p.requires_grad)
     assert all(p.grad is None for p in teacher.parameters())
     assert not any(k.startswith("teacher") for k in pruned.state_dict())  # checkpoints hold the student only
+
+
+def test_object_weighted_finetune_losses():
+    """``fg_weight``: FlowData batches carry 1 + w * object share of the trained frame; the data and teacher
+    flow-matching terms become sum(w e^2) / sum(w), equal to plain MSE when w is 0."""
+    import numpy as np
+
+    from neoc.data.toyworld import latent_object_mask, sample_scene
+    from neoc.errors import InputError
+    from neoc.prune.data import FlowData, LatentSet
+    from neoc.train.flow_matching import weighted_mse
+
+    scenes = [sample_scene(np.random.default_rng(s)) for s in range(3)]
+    data = LatentSet(torch.randn(3, 16, 2, 8, 8), scenes)
+    prompts = ToyPromptEncoder()
+    plain = FlowData(data, prompts, 2, 3, 1 / 3, first_frame_prob=0.0).draw(torch.Generator().manual_seed(0))
+    flow = FlowData(data, prompts, 2, 3, 1 / 3, first_frame_prob=0.0, fg_weight=5.0)
+    weighted = flow.draw(torch.Generator().manual_seed(0))
+    assert plain.loss_weights is None and all(torch.equal(a, b) for a, b in zip(plain.targets, weighted.targets))
+    full = weighted.loss_weights[-1][:, 0, 0]                                         # last stage: full resolution
+    candidates = [1 + 5 * latent_object_mask(scene, 2, 8)[1] for scene in scenes]    # unit 1 of each clip
+    assert all(any(torch.allclose(item, c) for c in candidates) for item in full) and float(full.max()) > 2.0
+    with pytest.raises(InputError, match="fg_weight"):
+        FlowData(data, prompts, 2, 3, 1 / 3, fg_weight=-1.0)
+
+    teacher = small_mmdit()
+    teacher.context_embedder = nn.Identity()
+
+    class Conditioning(nn.Module):
+        def forward(self, tokens):
+            batch = tokens["t5_mask"].shape[0]
+            return torch.ones(batch, TEXT_LENGTH, 16), tokens["t5_mask"], torch.ones(batch, 8)
+
+    objective = PrunedFlowObjective(pruned_copy(teacher, [1]), Conditioning(),
+                                    LossWeights(teacher_fm=1.0, data_fm=1.0), teacher=teacher, kept=[0, 2, 3])
+    with torch.no_grad():
+        _, metrics = objective(weighted)
+        _, plain_metrics = objective(dataclasses.replace(weighted, loss_weights=None))
+        pred = objective._call(objective.student, weighted, *Conditioning()(weighted.tokens))
+    by_hand = torch.stack([weighted_mse(p, t, w) for p, t, w in
+                           zip(pred, weighted.targets, weighted.loss_weights)]).mean()
+    assert torch.isclose(metrics["loss_data_fm"], by_hand)
+    assert not torch.isclose(metrics["loss_data_fm"], plain_metrics["loss_data_fm"])
 
 
 # ---- the pass ------------------------------------------------------------------------------------------------------

@@ -108,7 +108,8 @@ def test_build_settings_overrides_keep_types_and_reject_unknown_keys(monkeypatch
     assert cfg["cfg_grid"] == [[3, 2]] and FULL["den_steps"] != 7900  # the module's settings are untouched
     assert settings(False, ["den_t_sampling=logit_normal"])["den_t_sampling"] == "logit_normal"
     for bad in ("den_step=10", "den_steps", "den_steps=1.5", "den_steps=lots", "den_t_sampling=cosine",
-                "den_logit_std=0", "den_init=imagenet", "encode_dtype=fp16", "den_fg_weight=-1"):
+                "den_logit_std=0", "den_init=imagenet", "encode_dtype=fp16", "den_fg_weight=-1",
+                "den_schedule=linear", "den_min_lr_ratio=1.5"):
         with pytest.raises(InputError, match="--set"):
             settings(False, [bad])
     with pytest.raises(SystemExit):  # the CLI reports it as a usage error before any stage runs
@@ -118,6 +119,18 @@ def test_build_settings_overrides_keep_types_and_reject_unknown_keys(monkeypatch
     monkeypatch.setattr(build_tiny.subprocess, "run", lambda cmd, **kwargs: commands.append(cmd))
     launch("cfg", tmp_path, False, 1, ["den_steps=7900"])
     assert commands[0][-2:] == ["--set", "den_steps=7900"]
+
+
+def test_denoiser_schedule_constant_continues_and_cosine_cools_down():
+    from neoc.zoo.build_tiny import denoiser_schedule, settings
+
+    constant = denoiser_schedule(settings(False, ["den_warmup=10", "den_steps=100"]))
+    assert constant(4) == pytest.approx(0.5) and constant(99) == constant(10_000) == 1.0
+    cosine = denoiser_schedule(settings(False, ["den_warmup=10", "den_steps=100", "den_schedule=cosine",
+                                                "den_min_lr_ratio=0.05"]))
+    assert cosine(4) == pytest.approx(0.5) and cosine(10) == pytest.approx(1.0)
+    assert cosine(55) == pytest.approx(0.525) and cosine(100) == pytest.approx(0.05)
+    assert all(cosine(i) >= cosine(i + 1) for i in range(10, 100))
 
 
 def test_vae_noise_is_annealed_then_off():
@@ -215,8 +228,8 @@ def test_flow_batches_weigh_the_object_cells_when_asked(tmp_path):
     import numpy as np
     from safetensors.torch import save_file
 
-    from neoc.data.toyworld import coverage, sample_scene
-    from neoc.zoo.build_tiny import FlowBatches, latent_object_mask, settings
+    from neoc.data.toyworld import coverage, latent_object_mask, sample_scene
+    from neoc.zoo.build_tiny import FlowBatches, settings
 
     scene = sample_scene(np.random.default_rng(3), shape="square", motion="right")
     mask = latent_object_mask(scene, 7, 8)

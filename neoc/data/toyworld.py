@@ -321,6 +321,18 @@ def coverage(scene: ToyScene, num_frames: int = NUM_FRAMES, size: int = FRAME_SI
     return full
 
 
+def latent_object_mask(scene: ToyScene, latent_frames: int, latent_size: int, temporal: int = 8,
+                       spatial: int = 8) -> torch.Tensor:
+    """The object's share of each latent cell [latent_frames, latent_size, latent_size] in [0, 1], for a causal
+    VAE with ``temporal`` x ``spatial`` downsampling: pixel coverage at ``latent_size * spatial``, max over the
+    frames a latent frame encodes (frame 0 alone, then ``temporal`` each), mean over the cell's pixels. The
+    per-position weights of object-weighted flow matching (``1 + w * mask``)."""
+    pixels = coverage(scene, 1 + temporal * (latent_frames - 1), latent_size * spatial)   # [F, H, W]
+    per_frame = torch.nn.functional.adaptive_avg_pool2d(pixels, latent_size)           # [F, h, w]
+    groups = [per_frame[:1]] + [per_frame[1 + temporal * (k - 1):1 + temporal * k] for k in range(1, latent_frames)]
+    return torch.stack([g.amax(0) for g in groups])
+
+
 def _window_index(y0: torch.Tensor, x0: torch.Tensor, side: int):
     """Broadcast index tensors addressing each frame's window: ([F,1,1], [F,B,1], [F,1,B])."""
     steps = torch.arange(side)

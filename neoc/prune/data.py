@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from neoc.errors import InputError
+
 
 @dataclass
 class LatentSet:
@@ -83,19 +85,28 @@ class FlowData:
     (corrupted with noise, as Pyramid-Flow trains). Captions are re-worded from the scene on every draw and dropped
     to ``""`` 10 % of the time (CFG). All randomness comes from the step's generator (resume replays the data).
     ``timestep_sampling`` / ``logit_mean`` / ``logit_std``: how each stage's training point is drawn
-    (:func:`neoc.train.flow_matching.sample_grid_index`; uniform by default).
+    (:func:`neoc.train.flow_matching.sample_grid_index`; uniform by default). ``fg_weight`` w > 0: each batch
+    carries per-position loss weights ``1 + w * object share`` of the trained frame
+    (:func:`neoc.data.toyworld.latent_object_mask`, computed once for the set), for objectives that use them.
     """
 
     def __init__(self, data: LatentSet, prompt_encoder, batch_size: int, num_stages: int, gamma: float,
                  first_frame_prob: float = 0.25, timestep_sampling: str = "uniform", logit_mean: float = 0.0,
-                 logit_std: float = 1.0):
+                 logit_std: float = 1.0, fg_weight: float = 0.0):
+        from neoc.data.toyworld import latent_object_mask
         from neoc.train.flow_matching import check_timestep_sampling
 
         check_timestep_sampling(timestep_sampling, logit_std)  # bad settings fail here, not at the first step
+        if not 0.0 <= fg_weight < float("inf"):
+            raise InputError(f"fg_weight={fg_weight!r}: expected a finite weight >= 0")
         self.data, self.prompt_encoder = data, prompt_encoder
         self.batch_size, self.num_stages, self.gamma = batch_size, num_stages, gamma
         self.first_frame_prob = first_frame_prob
         self.sampling = (timestep_sampling, float(logit_mean), float(logit_std))
+        self.fg_weight, self.masks = float(fg_weight), None
+        if fg_weight > 0:
+            _, _, frames, size, _ = data.latents.shape
+            self.masks = torch.stack([latent_object_mask(scene, frames, size) for scene in data.scenes])  # [N, T, h, w]
 
     def captions(self, scenes, gen: torch.Generator) -> list[str]:
         from neoc.data.toyworld import caption
@@ -116,8 +127,9 @@ class FlowData:
         clips = latents[index, :, :unit + 1]
         texts = drop_captions(self.captions([self.data.scenes[i] for i in index.tolist()], gen), gen)
         sampling, mean, std = self.sampling
+        weights = None if self.masks is None else (1.0 + self.fg_weight * self.masks[index, unit])[:, None, None]
         return make_flow_batch(clips, unit, self.prompt_encoder.encode(texts), gen, self.num_stages, self.gamma,
-                               timestep_sampling=sampling, logit_mean=mean, logit_std=std)
+                               timestep_sampling=sampling, logit_mean=mean, logit_std=std, loss_weights=weights)
 
     def __call__(self, ctx):
         return self.draw(ctx.generator)

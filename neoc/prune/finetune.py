@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from neoc.train.flow_matching import weighted_mse
+
 MAPPINGS = ("simple", "next-block")
 
 
@@ -141,11 +143,13 @@ class PrunedFlowObjective(nn.Module):
                 else None
             pred = self._call(self.student, batch, context, mask, pooled)
         terms: dict[str, torch.Tensor] = {}
+        loss_weights = batch.loss_weights or [None] * len(pred)  # object-weighted (FlowData fg_weight) or plain
         if w.data_fm > 0:
-            terms["data_fm"] = torch.stack([F.mse_loss(p.float(), t) for p, t in zip(pred, batch.targets)]).mean()
+            terms["data_fm"] = torch.stack([weighted_mse(p, t, lw)
+                                            for p, t, lw in zip(pred, batch.targets, loss_weights)]).mean()
         if w.teacher_fm > 0:
-            terms["teacher_fm"] = torch.stack([F.mse_loss(p.float(), t.float())
-                                               for p, t in zip(pred, teacher_pred)]).mean()
+            terms["teacher_fm"] = torch.stack([weighted_mse(p, t.float(), lw)
+                                               for p, t, lw in zip(pred, teacher_pred, loss_weights)]).mean()
         if w.needs_features:
             visual, text = [], []
             for j, target in enumerate(self.targets):

@@ -74,7 +74,7 @@ FULL = {
     "den_steps": 2400, "den_batch": 16, "den_lr": 5e-4, "den_warmup": 40, "den_ema": 0.99, "den_first_frame_prob": 0.35,
     "den_checkpoint_every": 25, "den_prefetch": 0,
     "den_t_sampling": "uniform", "den_logit_mean": 0.0, "den_logit_std": 1.0, "den_init": "dit",
-    "den_fg_weight": 0.0,
+    "den_fg_weight": 0.0, "den_schedule": "constant", "den_min_lr_ratio": 0.1,
     "cfg_grid": [[2.0, 1.5], [3.0, 2.0], [5.0, 3.0], [7.0, 5.0]], "cfg_prompts": 8,
     "taehv_steps": 3000, "taehv_lr": 1e-3, "taehv_batch": 2, "taehv_pool": 512, "taehv_warmup": 100,
 }
@@ -117,7 +117,7 @@ def settings(fast: bool, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     from neoc.train.flow_matching import TIMESTEP_SAMPLINGS, check_timestep_sampling
 
     for key, choices in (("encode_dtype", ENCODE_DTYPES), ("den_init", DENOISER_INITS),
-                         ("den_t_sampling", TIMESTEP_SAMPLINGS)):
+                         ("den_t_sampling", TIMESTEP_SAMPLINGS), ("den_schedule", DENOISER_SCHEDULES)):
         if cfg[key] not in choices:
             raise InputError(f"--set {key}={cfg[key]!r}: expected one of {', '.join(choices)}")
     try:
@@ -126,6 +126,8 @@ def settings(fast: bool, overrides: list[str] | tuple[str, ...] = ()) -> dict:
         raise InputError(f"--set den_logit_std: {exc}") from None
     if not 0.0 <= cfg["den_fg_weight"] < float("inf"):
         raise InputError(f"--set den_fg_weight={cfg['den_fg_weight']!r}: expected a finite weight >= 0")
+    if not 0.0 <= cfg["den_min_lr_ratio"] <= 1.0:
+        raise InputError(f"--set den_min_lr_ratio={cfg['den_min_lr_ratio']!r}: expected a ratio in [0, 1]")
     return cfg
 
 
@@ -488,21 +490,10 @@ def stage_measure(out: Path, cfg: dict) -> dict:
 DENOISER_ROLES = ("denoiser", "context_embedder", "text_encoder", "clip_encoders")
 
 
-def latent_object_mask(scene, latent_frames: int, latent_size: int, temporal: int = 8) -> torch.Tensor:
-    """The object's share of each latent cell [latent_frames, latent_size, latent_size] in [0, 1]: pixel coverage
-    at ``TINY_SIZE``, max over the frames a causal latent frame encodes (frame 0 alone, then ``temporal`` each:
-    the VAE's factor), mean over the cell's pixels."""
-    from neoc.data.toyworld import coverage
-
-    pixels = coverage(scene, 1 + temporal * (latent_frames - 1), TINY_SIZE)              # [F, 64, 64]
-    per_frame = torch.nn.functional.adaptive_avg_pool2d(pixels, latent_size)          # [F, h, w]
-    groups = [per_frame[:1]] + [per_frame[1 + temporal * (k - 1):1 + temporal * k] for k in range(1, latent_frames)]
-    return torch.stack([g.amax(0) for g in groups])
-
-
 class FlowBatches:
     """Pyramidal flow-matching batches from the normalised toy latent set; captions are re-worded per draw.
-    With ``den_fg_weight`` w > 0 each position's loss weighs ``1 + w * object share`` (:func:`latent_object_mask`)."""
+    With ``den_fg_weight`` w > 0 each position's loss weighs ``1 + w * object share``
+    (:func:`neoc.data.toyworld.latent_object_mask`)."""
 
     def __init__(self, out: Path, cfg: dict, prompt_encoder):
         from safetensors.torch import load_file
@@ -517,6 +508,8 @@ class FlowBatches:
         self.prompt_encoder = prompt_encoder
         self.video_masks = self.first_masks = None
         if cfg["den_fg_weight"] > 0:  # once, off the training step: ~0.04 s a video, ~1 ms a first frame
+            from neoc.data.toyworld import latent_object_mask
+
             _, _, frames, size, _ = self.videos.shape
             self.video_masks = torch.stack([latent_object_mask(s, frames, size)
                                             for s in self.video_scenes])               # [N, T, h, w]
@@ -597,18 +590,32 @@ def init_denoiser_roles(components: dict[str, torch.nn.Module], how: str, out: P
         components[role].load_state_dict(shipped.components[role].state_dict(), strict=True)
 
 
+DENOISER_SCHEDULES = ("constant", "cosine")
+
+
+def denoiser_schedule(cfg: dict):
+    """``constant`` (warm-up, then the base LR: raising ``den_steps`` continues a run exactly) or ``cosine``
+    (warm-up, then a cosine decay to ``den_min_lr_ratio`` of the base LR at ``den_steps``: a cool-down, e.g. of a
+    warm-started continuation; extending it is a new schedule, not a resume)."""
+    from neoc.train.loop import warmup_constant, warmup_cosine
+
+    if cfg["den_schedule"] == "cosine":
+        return warmup_cosine(cfg["den_warmup"], cfg["den_steps"], cfg["den_min_lr_ratio"])
+    return warmup_constant(cfg["den_warmup"])
+
+
 def stage_denoiser(out: Path, cfg: dict) -> dict:
     from safetensors.torch import save_file
 
     from neoc.train.flow_matching import PyramidFlowObjective
-    from neoc.train.loop import Trainer, TrainConfig, warmup_constant
+    from neoc.train.loop import Trainer, TrainConfig
 
     pipe = fresh_pipeline(SEED + 1)
     components = {r: pipe.components[r] for r in DENOISER_ROLES}
     init_denoiser_roles(components, cfg["den_init"], out)  # a resumed run then loads its checkpoint over this
     objective = PyramidFlowObjective(**components)
     optimizer = torch.optim.AdamW(objective.parameters(), lr=cfg["den_lr"], weight_decay=0.01)
-    trainer = Trainer(objective, optimizer, warmup_constant(cfg["den_warmup"]),
+    trainer = Trainer(objective, optimizer, denoiser_schedule(cfg),
                       TrainConfig(steps=cfg["den_steps"], out_dir=out / "denoiser", seed=SEED,
                                   checkpoint_every=cfg["den_checkpoint_every"], prefetch=cfg["den_prefetch"],
                                   log_every=10, grad_clip=1.0, ema_decay=cfg["den_ema"], name="denoiser"))
@@ -901,6 +908,11 @@ def stage_write(out: Path, cfg: dict, weights_dir: Path | None = None,
         "cfg_sweep": {k: cfg_result.get(k) for k in ("grid", "scores", "rule", "note", "seconds_per_video")
                       if k in cfg_result},
     }
+    if cfg["den_init"] == "shipped":  # a continuation: keep the record of the run it continued (read before overwriting)
+        from neoc.zoo.builtin import tiny_metadata
+
+        previous = tiny_metadata().get("training", {})
+        training["denoiser"]["warm_start"] = {"denoiser": previous.get("denoiser"), "command": previous.get("command")}
     taehv_path = out / "taehv" / "summary.json"
     if taehv_path.is_file():
         training["taehv_pretrained"] = json.loads(taehv_path.read_text())
