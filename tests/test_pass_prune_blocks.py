@@ -245,16 +245,19 @@ def test_block_mappings():
         block_mapping(kept, 8, "other")
 
 
+class Conditioning(nn.Module):
+    """Constant text conditioning (context, mask, pooled) for the finetune objectives."""
+
+    def forward(self, tokens):
+        batch = tokens["t5_mask"].shape[0]
+        return torch.ones(batch, TEXT_LENGTH, 16), tokens["t5_mask"], torch.ones(batch, 8)
+
+
 def test_stage2_losses_vanish_for_an_identical_student():
     from neoc.train.flow_matching import make_flow_batch
 
     teacher = small_mmdit()
     teacher.context_embedder = nn.Identity()
-
-    class Conditioning(nn.Module):
-        def forward(self, tokens):
-            batch = tokens["t5_mask"].shape[0]
-            return torch.ones(batch, TEXT_LENGTH, 16), tokens["t5_mask"], torch.ones(batch, 8)
 
     tokens = {"t5_mask": torch.ones(2, TEXT_LENGTH, dtype=torch.long)}
     batch = make_flow_batch(torch.randn(2, 16, 2, 8, 8), 1, tokens, torch.Generator().manual_seed(0))
@@ -300,11 +303,6 @@ def test_object_weighted_finetune_losses():
 
     teacher = small_mmdit()
     teacher.context_embedder = nn.Identity()
-
-    class Conditioning(nn.Module):
-        def forward(self, tokens):
-            batch = tokens["t5_mask"].shape[0]
-            return torch.ones(batch, TEXT_LENGTH, 16), tokens["t5_mask"], torch.ones(batch, 8)
 
     objective = PrunedFlowObjective(pruned_copy(teacher, [1]), Conditioning(),
                                     LossWeights(teacher_fm=1.0, data_fm=1.0), teacher=teacher, kept=[0, 2, 3])
