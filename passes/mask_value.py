@@ -64,12 +64,11 @@ class MaskValue(Pass):
     forbids_after = TRAINING
 
     def check_preconditions(self, pipeline, ctx) -> None:
-        from neoc.deploy.denoiser import DeployDenoiser, mmdit_of
+        from neoc.deploy.denoiser import DeployDenoiser, require_mmdit
         from neoc.deploy.text_encoder import FiniteMaskTextEncoder, t5_of
 
-        denoiser, text_encoder = pipeline.component("denoiser"), pipeline.component("text_encoder")
-        if mmdit_of(denoiser) is None:
-            raise CheckFailed(f"mask-value: the denoiser ({type(denoiser).__name__}) is not a Pyramid MMDiT")
+        denoiser, _ = require_mmdit(pipeline, "mask-value")
+        text_encoder = pipeline.component("text_encoder")
         if t5_of(text_encoder) is None:
             raise CheckFailed(f"mask-value: the text encoder ({type(text_encoder).__name__}) is not T5-class; "
                               "there is no T5 attention mask to rewrite")

@@ -84,12 +84,9 @@ class PrecomputeInputs(Pass):
     forbids_after = TRAINING
 
     def check_preconditions(self, pipeline, ctx) -> None:
-        from neoc.deploy.denoiser import DeployDenoiser, mmdit_of
+        from neoc.deploy.denoiser import DeployDenoiser, require_mmdit
 
-        denoiser = pipeline.component("denoiser")
-        mmdit = mmdit_of(denoiser)
-        if mmdit is None:
-            raise CheckFailed(f"precompute-inputs: the denoiser ({type(denoiser).__name__}) is not a Pyramid MMDiT")
+        denoiser, mmdit = require_mmdit(pipeline, "precompute-inputs")
         if isinstance(denoiser, DeployDenoiser) and denoiser.precomputed:
             raise CheckFailed("precompute-inputs: the denoiser already takes precomputed inputs")
         if mmdit.pos_embed.add_temporal_sincos:

@@ -86,13 +86,10 @@ class RopeRankReduction(Pass):
     forbids_after = TRAINING
 
     def check_preconditions(self, pipeline, ctx) -> None:
-        from neoc.deploy.denoiser import DeployDenoiser, mmdit_of
+        from neoc.deploy.denoiser import DeployDenoiser, require_mmdit
         from neoc.models.mmdit import TemporalRoPE
 
-        denoiser = pipeline.component("denoiser")
-        mmdit = mmdit_of(denoiser)
-        if mmdit is None:
-            raise CheckFailed(f"rope-rank-reduction: the denoiser ({type(denoiser).__name__}) is not a Pyramid MMDiT")
+        denoiser, mmdit = require_mmdit(pipeline, "rope-rank-reduction")
         if isinstance(denoiser, DeployDenoiser) and denoiser.rope_form == "4d":
             raise CheckFailed("rope-rank-reduction: the denoiser's RoPE is already reduced to 4D")
         if not isinstance(mmdit.temporal_rope, TemporalRoPE):

@@ -76,12 +76,9 @@ class StaticShape(Pass):
     forbids_after = TRAINING
 
     def check_preconditions(self, pipeline, ctx) -> None:
-        from neoc.deploy.denoiser import DeployDenoiser, mmdit_of
+        from neoc.deploy.denoiser import DeployDenoiser, require_mmdit
 
-        denoiser = pipeline.component("denoiser")
-        mmdit = mmdit_of(denoiser)
-        if mmdit is None:
-            raise CheckFailed(f"static-shape: the denoiser ({type(denoiser).__name__}) is not a Pyramid MMDiT")
+        denoiser, mmdit = require_mmdit(pipeline, "static-shape")
         if isinstance(denoiser, DeployDenoiser) and denoiser.static_layout is not None:
             raise CheckFailed("static-shape: the denoiser already runs static per-stage shapes")
         if mmdit.pos_embed.add_temporal_sincos:

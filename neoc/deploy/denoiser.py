@@ -313,6 +313,18 @@ def mmdit_of(denoiser: nn.Module) -> PyramidMMDiT | None:
     return denoiser if isinstance(denoiser, PyramidMMDiT) else None
 
 
+def require_mmdit(pipeline, pass_name: str) -> tuple[nn.Module, PyramidMMDiT]:
+    """The pipeline's denoiser and its Pyramid MMDiT, or :class:`~neoc.errors.CheckFailed` naming the pass (the
+    deployment passes' shared precondition)."""
+    from neoc.errors import CheckFailed
+
+    denoiser = pipeline.component("denoiser")
+    mmdit = mmdit_of(denoiser)
+    if mmdit is None:
+        raise CheckFailed(f"{pass_name}: the denoiser ({type(denoiser).__name__}) is not a Pyramid MMDiT")
+    return denoiser, mmdit
+
+
 def _describe(module: DeployDenoiser) -> dict:
     from neoc.zoo.components import describe_mmdit
 

@@ -15,10 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from neoc.distill.collapse_guard import CollapseError
 from neoc.distill.data import StageBatch
-from neoc.distill.progressive import teacher_rollout
-from neoc.distill.pyramid import LastBlockTokens, _col, interpolate, predict, timestep_for
+from neoc.distill.progressive import student_step
+from neoc.distill.pyramid import LastBlockTokens, timestep_for
 from neoc.models import scheduler as sched
 
 
@@ -76,14 +75,7 @@ class PyramidalAdversarial(nn.Module):
         recon, gen, disc = [], [], []
         for stage, spec in enumerate(self.specs):
             clips = batch.clips[stage]
-            r_a, r_b = batch.r_student[stage], batch.r_next[stage]
-            x_a = interpolate(batch.start[stage], batch.end[stage], r_a)
-            target = teacher_rollout(self.teacher, clips, x_a, r_a, r_b, spec, batch.text, batch.uncond, scale,
-                                     self.teacher_steps)
-            v = predict(self.student, clips, x_a, timestep_for(r_a, spec), batch.text)
-            x_b = x_a + _col(r_b - r_a, x_a) * v
-            if not torch.isfinite(x_b).all():
-                raise CollapseError(f"non-finite student prediction (NaN/inf) at stage {stage}, unit {batch.unit}")
+            x_b, target, r_b = student_step(self, batch, stage, scale)
             recon.append(F.mse_loss(x_b, target))
             t_b = timestep_for(r_b, spec)
             f_student = features(clips, x_b, t_b, batch.text)

@@ -35,6 +35,22 @@ def teacher_rollout(teacher: nn.Module, clips, x: torch.Tensor, r_a: torch.Tenso
     return x
 
 
+def student_step(objective, batch: StageBatch, stage: int, scale: float):
+    """One stage's student Euler step and its target: ``(x_b, teacher end point, r_b)`` for a student that jumps
+    from ``r_a`` to ``r_b`` in one step where the CFG teacher takes ``objective.teacher_steps`` over the stage
+    (shared by the progressive and adversarial objectives). Raises :class:`CollapseError` on a non-finite step."""
+    spec, clips = objective.specs[stage], batch.clips[stage]
+    r_a, r_b = batch.r_student[stage], batch.r_next[stage]
+    x_a = interpolate(batch.start[stage], batch.end[stage], r_a)
+    target = teacher_rollout(objective.teacher, clips, x_a, r_a, r_b, spec, batch.text, batch.uncond, scale,
+                             objective.teacher_steps)
+    v = predict(objective.student, clips, x_a, timestep_for(r_a, spec), batch.text)
+    x_b = x_a + _col(r_b - r_a, x_a) * v
+    if not torch.isfinite(x_b).all():
+        raise CollapseError(f"non-finite student prediction (NaN/inf) at stage {stage}, unit {batch.unit}")
+    return x_b, target, r_b
+
+
 class PyramidalProgressive(nn.Module):
     """Objective for :class:`neoc.train.loop.Trainer`: ``forward(StageBatch) -> (loss, metrics)``."""
 
@@ -58,16 +74,8 @@ class PyramidalProgressive(nn.Module):
     def forward(self, batch: StageBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         scale = self.guidance[0] if batch.unit == 0 else self.guidance[1]
         losses = []
-        for stage, spec in enumerate(self.specs):
-            clips = batch.clips[stage]
-            r_a, r_b = batch.r_student[stage], batch.r_next[stage]
-            x_a = interpolate(batch.start[stage], batch.end[stage], r_a)
-            target = teacher_rollout(self.teacher, clips, x_a, r_a, r_b, spec, batch.text, batch.uncond, scale,
-                                     self.teacher_steps)
-            v = predict(self.student, clips, x_a, timestep_for(r_a, spec), batch.text)
-            x_b = x_a + _col(r_b - r_a, x_a) * v
-            if not torch.isfinite(x_b).all():
-                raise CollapseError(f"non-finite student prediction (NaN/inf) at stage {stage}, unit {batch.unit}")
+        for stage in range(len(self.specs)):
+            x_b, target, _ = student_step(self, batch, stage, scale)
             losses.append(F.mse_loss(x_b, target))
         loss = torch.stack(losses).mean()
         return loss, {f"loss_stage{s}": v.detach() for s, v in enumerate(losses)}
