@@ -348,3 +348,13 @@ def test_warm_start_keeps_the_shipped_latent_normalisation():
     assert shipped_norm_for_warm_start(measured) == shipped
     with pytest.raises(InputError, match="video scale"):
         shipped_norm_for_warm_start([*measured[:3], shipped[3] * 1.3])
+
+
+def test_a_reused_package_vae_keeps_the_record_of_the_run_that_trained_it():
+    from neoc.zoo.build_tiny import package_vae_record
+
+    trained = {"steps": 800, "final_loss": 0.19, "processes": 2}
+    once = package_vae_record(trained, {"psnr_toy_db": 25.4})
+    assert once == {"source": "the package's VAE weights", "package_record": trained, "psnr_toy_db": 25.4}
+    assert package_vae_record(once, {})["package_record"] == trained  # reused twice: still the training run
+    assert package_vae_record(None, {})["package_record"] is None

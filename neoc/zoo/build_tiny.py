@@ -865,6 +865,15 @@ def stage_cfg(out: Path, cfg: dict) -> dict:
 
 
 # ---- stage 8: write the shipped files -------------------------------------------------------------------------
+def package_vae_record(previous: dict | None, psnr_summary: dict) -> dict:
+    """The VAE part of the training record when the build reused the package's VAE (bench/gpu_denoiser.sh,
+    ``den_init=shipped`` continuations): it says so and keeps the record of the run that trained those weights
+    (``package_record``, not nested again when the package's own record was already such a reuse)."""
+    previous = previous or {}
+    trained = previous.get("package_record") if "source" in previous else previous
+    return {"source": "the package's VAE weights", "package_record": trained or None, **psnr_summary}
+
+
 def stage_write(out: Path, cfg: dict, weights_dir: Path | None = None,
                 command: str = "python -m neoc.zoo.build_tiny --ship") -> dict:
     from neoc.zoo.builtin import (TINY_META, TINY_TAEHV_WEIGHTS, TINY_VAE_WEIGHTS, TINY_WEIGHTS, VAE_ROLES,
@@ -879,6 +888,9 @@ def stage_write(out: Path, cfg: dict, weights_dir: Path | None = None,
         marker = _done_marker(out, stage)
         if marker.is_file():
             stages[stage] = json.loads(marker.read_text()).get("wall_seconds")
+    from neoc.zoo.builtin import tiny_metadata
+
+    previous = tiny_metadata().get("training", {})  # the record being replaced (read before overwriting it)
     vae_path = out / "vae" / "summary.json"  # absent when the VAE came from the package (bench/gpu_denoiser.sh)
     vae = json.loads(vae_path.read_text()) if vae_path.is_file() else None
     den = json.loads((out / "denoiser" / "summary.json").read_text())
@@ -899,7 +911,7 @@ def stage_write(out: Path, cfg: dict, weights_dir: Path | None = None,
         "stage_wall_seconds": stages,
         "vae": ({"steps": vae["steps"], "final_loss": vae["final_loss"], "wall_seconds": vae["wall_seconds"],
                  "processes": vae["world_size"], "refinement": vae2, "decoder_refinement": dec, **psnr_summary}
-                if vae else {"source": "the package's VAE weights", **psnr_summary}),
+                if vae else package_vae_record(previous.get("vae"), psnr_summary)),
         "latents": {"videos": measure["videos"], "first_frames": measure["images"]},
         "denoiser": {"steps": den["steps"], "final_loss": den["final_loss"], "wall_seconds": den["wall_seconds"],
                      "processes": den["world_size"], "ema_decay": den["ema_decay"],
@@ -908,14 +920,13 @@ def stage_write(out: Path, cfg: dict, weights_dir: Path | None = None,
         "cfg_sweep": {k: cfg_result.get(k) for k in ("grid", "scores", "rule", "note", "seconds_per_video")
                       if k in cfg_result},
     }
-    if cfg["den_init"] == "shipped":  # a continuation: keep the record of the run it continued (read before overwriting)
-        from neoc.zoo.builtin import tiny_metadata
-
-        previous = tiny_metadata().get("training", {})
+    if cfg["den_init"] == "shipped":  # a continuation: keep the record of the run it continued
         training["denoiser"]["warm_start"] = {"denoiser": previous.get("denoiser"), "command": previous.get("command")}
     taehv_path = out / "taehv" / "summary.json"
     if taehv_path.is_file():
         training["taehv_pretrained"] = json.loads(taehv_path.read_text())
+    elif previous.get("taehv_pretrained"):  # the package's TAEHV file stays: so does its record
+        training["taehv_pretrained"] = previous["taehv_pretrained"]
     meta = {"latent_norm": measure["latent_norm"], "guidance": list(guidance), "training": training}
     target = weights_dir or (out / "weights")
     weights_path = target / TINY_WEIGHTS.name
