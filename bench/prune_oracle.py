@@ -19,7 +19,7 @@ import torch
 
 
 def main() -> int:
-    from neoc.eval.pipeline_quality import eval_prompts
+    from neoc.eval.pipeline_quality import eval_prompts, generate_videos
     from neoc.eval.quality import score_videos
     from neoc.prune.surgery import removable_blocks, without_blocks
     from neoc.sources import load_source
@@ -42,7 +42,7 @@ def main() -> int:
         for removed in sets:
             start = time.time()
             with torch.no_grad(), without_blocks(denoiser, list(removed)):
-                videos = torch.cat([pipe.generate(p, seed=i).clamp(-1, 1) for i, (p, _) in enumerate(items)])
+                videos = generate_videos(pipe, [p for p, _ in items], seed=0, quiet=True)
             scores = score_videos(videos, [t for _, t in items])
             line = json.dumps({"removed": list(removed), "total": scores["total"], "quality": scores["quality"],
                                "semantic": scores["semantic"], "dimensions": scores["dimensions"],

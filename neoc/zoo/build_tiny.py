@@ -877,7 +877,7 @@ def package_vae_record(previous: dict | None, psnr_summary: dict) -> dict:
 def stage_write(out: Path, cfg: dict, weights_dir: Path | None = None,
                 command: str = "python -m neoc.zoo.build_tiny --ship") -> dict:
     from neoc.zoo.builtin import (TINY_META, TINY_TAEHV_WEIGHTS, TINY_VAE_WEIGHTS, TINY_WEIGHTS, VAE_ROLES,
-                                  save_role_weights)
+                                  save_role_weights, tiny_metadata)
 
     cfg_result = json.loads((out / "cfg.json").read_text()) if (out / "cfg.json").is_file() else {}
     guidance = chosen_guidance(out)
@@ -888,8 +888,6 @@ def stage_write(out: Path, cfg: dict, weights_dir: Path | None = None,
         marker = _done_marker(out, stage)
         if marker.is_file():
             stages[stage] = json.loads(marker.read_text()).get("wall_seconds")
-    from neoc.zoo.builtin import tiny_metadata
-
     previous = tiny_metadata().get("training", {})  # the record being replaced (read before overwriting it)
     vae_path = out / "vae" / "summary.json"  # absent when the VAE came from the package (bench/gpu_denoiser.sh)
     vae = json.loads(vae_path.read_text()) if vae_path.is_file() else None
